@@ -1,0 +1,117 @@
+"""FLOPs, two ways, never mixed.
+
+* Paper convention (FastV, DivPrune, HoliTom): per decoder layer ``4nd^2 + 2n^2d + 2ndm`` with
+  n = visual tokens (grid tokens, newline and text excluded, as HoliTom counts), d = hidden
+  size, m = FFN size, summed over a method's token schedule (stages of layers with their
+  token counts). ``paper_flops`` needs no weights: model dimensions are built in or read
+  from a config.json.
+* Measured: fvcore's ``FlopCountAnalysis`` traced over the actual prefill of one sample
+  (vision tower, projector, reducer, LLM), with an op handle so that
+  ``aten::scaled_dot_product_attention`` is counted (fvcore skips it by default). fvcore
+  counts one fused multiply-add as one FLOP, the same unit as the paper formula; it counts
+  the real architecture (GQA's smaller k/v, SwiGLU's three FFN matrices, text tokens), so
+  the two numbers differ by design.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from methods.base import Reducer
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """What the paper formula needs: LLM depth and widths, and visual tokens per frame."""
+
+    name: str
+    layers: int
+    hidden: int
+    ffn: int
+    tokens_per_frame: int = 196
+
+
+BUILTIN_MODELS = {
+    "llava-ov-0.5b": ModelDims("llava-ov-0.5b", 24, 896, 4864),
+    "llava-ov-7b": ModelDims("llava-ov-7b", 28, 3584, 18944),
+    "llava-ov-72b": ModelDims("llava-ov-72b", 80, 8192, 29568),
+    "llava-video-7b": ModelDims("llava-video-7b", 28, 3584, 18944),
+}
+
+
+def layer_flops(tokens: int, hidden: int, ffn: int) -> int:
+    """FastV's per-layer count: 4nd^2 + 2n^2d + 2ndm."""
+    n, d, m = tokens, hidden, ffn
+    return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
+
+
+def schedule_flops(stages: list[tuple[int, int]], dims: ModelDims) -> int:
+    return sum(layers * layer_flops(tokens, dims.hidden, dims.ffn) for layers, tokens in stages)
+
+
+def dims_from_config(path: str | Path) -> ModelDims:
+    """Read LLM dimensions and pooled tokens per frame from a LLaVA-OV config.json (or folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ValueError(f"unknown model {str(path)!r}: not one of {', '.join(BUILTIN_MODELS)} and no config.json there")
+    config = json.loads(path.read_text())
+    text = config.get("text_config", config)
+    vision = config.get("vision_config", {})
+    side = vision.get("image_size", 384) // vision.get("patch_size", 14)
+    pooled = math.ceil(side / 2)
+    return ModelDims(str(path.parent), text["num_hidden_layers"], text["hidden_size"], text["intermediate_size"], pooled * pooled)
+
+
+def resolve_dims(model: str) -> ModelDims:
+    return BUILTIN_MODELS[model] if model in BUILTIN_MODELS else dims_from_config(model)
+
+
+def paper_flops(reducer: Reducer, dims: ModelDims, frames: int) -> dict[str, Any]:
+    """Paper-convention prefill FLOPs of the LLM for a method on a model at ``frames`` frames."""
+    visual = frames * dims.tokens_per_frame
+    stages = reducer.token_schedule(visual, dims.layers)
+    flops = schedule_flops(stages, dims)
+    full = schedule_flops([(dims.layers, visual)], dims)
+    layer_avg = sum(layers * tokens for layers, tokens in stages) / dims.layers
+    return {
+        "model": dims.name,
+        "frames": frames,
+        "method": reducer.name,
+        "params": reducer.describe_params(),
+        "visual_tokens_full": visual,
+        "visual_tokens": stages[0][1],
+        "visual_tokens_layer_avg": layer_avg,
+        "schedule": [{"layers": layers, "tokens": tokens} for layers, tokens in stages],
+        "paper_flops": flops,
+        "paper_tflops": flops / 1e12,
+        "percent_of_full": 100.0 * flops / full,
+    }
+
+
+def _sdpa_flop_handle(inputs, outputs):
+    """fvcore handle: QK^T and AV products of scaled_dot_product_attention, in MACs."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q_shape, k_shape, v_shape = (get_shape(value) for value in inputs[:3])
+    *batch, queries, head_dim = q_shape
+    keys = k_shape[-2]
+    value_dim = v_shape[-1]
+    return math.prod(batch) * queries * keys * (head_dim + value_dim)
+
+
+def count_flops(module: torch.nn.Module, inputs: tuple) -> int:
+    """fvcore FLOPs of ``module(*inputs)`` with SDPA counted; unsupported-op warnings muted."""
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_handle)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    return int(analysis.total())

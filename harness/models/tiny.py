@@ -1,0 +1,140 @@
+"""Build a small LLaVA-OneVision checkpoint from scratch, entirely offline.
+
+The result is a regular Hugging Face folder (config, safetensors weights, tokenizer,
+processor, chat template) that ``LlavaOnevisionForConditionalGeneration.from_pretrained``
+and ``AutoProcessor.from_pretrained`` load like a hub checkpoint. Tests use it with random
+weights; the embedded default trains one (``harness/train_tiny.py``).
+
+The tokenizer is byte-level (every byte is a token, no merges) plus the special tokens of
+LLaVA-OV's Qwen2 tokenizer, so any prompt can be encoded without a trained vocabulary. The
+chat template is Qwen2's, as the real checkpoints' tokenizer uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Geometry of a small LLaVA-OneVision. Defaults give a 14x14 un-pooled, 7x7 pooled grid."""
+
+    image_size: int = 112
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 256
+    max_position: int = 4096
+    seed: int = 0
+
+
+def build_tokenizer():
+    """A byte-level tokenizer with Qwen2's special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
+    tokenizer.chat_template = QWEN2_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_config(spec: TinySpec, tokenizer):
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * 2,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        vision_use_head=False,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_kv_heads,
+        max_position_embeddings=spec.max_position,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=[[spec.image_size, spec.image_size]],
+    )
+
+
+def build_processor(spec: TinySpec, tokenizer):
+    from transformers import (
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
+
+    size = {"height": spec.image_size, "width": spec.image_size}
+    grid = spec.image_size // spec.patch_size
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[spec.image_size, spec.image_size]]),
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        tokenizer=tokenizer,
+        num_image_tokens=grid * grid,
+        vision_feature_select_strategy="full",
+        chat_template=QWEN2_CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_llava_onevision(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
+    """Write a randomly initialised (seeded) small LLaVA-OneVision checkpoint to ``out_dir``."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    config = build_config(spec, tokenizer)
+    torch.manual_seed(spec.seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.save_pretrained(out)
+    build_processor(spec, tokenizer).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,155 @@
+"""One sample end to end: frames -> vision -> reduction -> prefill -> greedy decode, timed.
+
+``Runner.answer`` returns a ``SampleRecord`` holding the answer and the sample's accounting
+(visual tokens entering the LLM and per layer, TTFT parts, decode speed, peak memory). Any
+failure (bad video, impossible budget, unservable model) is caught per sample and recorded
+with its reason in ``error``; the answer is then None, never an empty string.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from harness import engine
+from harness.models.llava_onevision import LlavaOnevisionAdapter
+from harness.video import load_frames
+from methods.base import Reducer
+
+
+@dataclass
+class SampleRecord:
+    doc_id: Any
+    answer: str | None
+    error: str | None = None
+    visual_tokens: int | None = None
+    visual_tokens_layer_avg: float | None = None
+    prompt_tokens: int | None = None
+    vision_ms: float | None = None
+    reduce_ms: float | None = None
+    prefill_ms: float | None = None
+    decode_tok_s: float | None = None
+    output_tokens: int | None = None
+    peak_mem_mb: float | None = None
+    method_info: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated since the last reset. CPU: the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Runner:
+    """Runs one reducer on one loaded model, sample by sample."""
+
+    def __init__(self, adapter: LlavaOnevisionAdapter, reducer: Reducer, max_frames_num: int):
+        self.adapter = adapter
+        self.reducer = reducer
+        self.max_frames_num = max_frames_num
+        self.stack = adapter.decoder()
+        self.layers = self.stack.num_layers
+        engine.check_plan(reducer, self.layers)
+
+    def _sync(self) -> None:
+        if self.adapter.device.type == "cuda":
+            torch.cuda.synchronize(self.adapter.device)
+
+    def _timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        self._sync()
+        start = time.perf_counter()
+        value = fn()
+        self._sync()
+        return value, (time.perf_counter() - start) * 1000
+
+    @torch.inference_mode()
+    def answer(self, doc_id: Any, video_path: str, context: str, max_new_tokens: int, until: list[str] | None = None) -> SampleRecord:
+        try:
+            return self._answer(doc_id, video_path, context, max_new_tokens, until or [])
+        except Exception as exc:  # recorded per sample; the sweep counts it as an error
+            return SampleRecord(doc_id=doc_id, answer=None, error=f"{exc.__class__.__name__}: {exc}")
+
+    def _answer(self, doc_id, video_path, context, max_new_tokens, until) -> SampleRecord:
+        adapter = self.adapter
+        if adapter.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(adapter.device)
+        frames = load_frames(video_path, self.max_frames_num)
+        prompt = adapter.build_prompt(context)
+        pixels = adapter.pixel_values(frames)
+        video, vision_ms = self._timed(lambda: adapter.encode_video(pixels))
+        reduced, reduce_ms = self._timed(lambda: self.reducer.reduce_visual(video))
+        prepared = adapter.prepare_prompt(prompt, reduced, video, self.reducer.position_policy_used)
+        self._sync()
+        started = time.perf_counter()
+        generation = engine.generate(
+            self.stack,
+            prepared.embeds,
+            prepared.position_ids,
+            prepared.visual_span,
+            self.reducer,
+            max_new_tokens,
+            adapter.stop_token_ids(),
+            synchronize=self._sync,
+        )
+        total_ms = (time.perf_counter() - started) * 1000
+        prefill_ms = total_ms - generation.decode_seconds * 1000
+        text = truncate_at(adapter.decode(generation.token_ids), until)
+        counts = generation.prefill.layer_visual_counts
+        return SampleRecord(
+            doc_id=doc_id,
+            answer=text,
+            visual_tokens=reduced.count,
+            visual_tokens_layer_avg=sum(counts) / len(counts),
+            prompt_tokens=prepared.prompt_tokens,
+            vision_ms=vision_ms,
+            reduce_ms=reduce_ms,
+            prefill_ms=prefill_ms,
+            decode_tok_s=generation.decode_tokens_per_second,
+            output_tokens=len(generation.token_ids),
+            peak_mem_mb=peak_memory_mb(adapter.device),
+            method_info={**reduced.info, **generation.prefill.info},
+        )
+
+
+def truncate_at(text: str, until: list[str]) -> str:
+    """Cut the answer at the first stop string, as lmms-eval's ``until`` asks."""
+    for stop in until:
+        if stop and stop in text:
+            text = text.split(stop)[0]
+    return text
+
+
+class _TracedPrefill(torch.nn.Module):
+    """The prefill of one sample as a module, so fvcore can trace vision, reducer and LLM."""
+
+    def __init__(self, runner: Runner, prompt: str):
+        super().__init__()
+        self.model = runner.adapter.model
+        self.runner = runner
+        self.prompt = prompt
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        runner = self.runner
+        video = runner.adapter.encode_video(pixels)
+        reduced = runner.reducer.reduce_visual(video)
+        prepared = runner.adapter.prepare_prompt(self.prompt, reduced, video, runner.reducer.position_policy_used)
+        result = engine.prefill(runner.stack, prepared.embeds, prepared.position_ids, prepared.visual_span, runner.reducer, use_cache=False)
+        return result.logits
+
+
+def measure_prefill_flops(runner: Runner, video_path: str, context: str) -> int:
+    """fvcore-measured FLOPs of one sample's prefill (vision tower, reducer, LLM)."""
+    from harness.flops import count_flops
+
+    frames = load_frames(video_path, runner.max_frames_num)
+    pixels = runner.adapter.pixel_values(frames)
+    with torch.no_grad():
+        return count_flops(_TracedPrefill(runner, runner.adapter.build_prompt(context)), (pixels,))

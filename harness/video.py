@@ -1,0 +1,51 @@
+"""Video decoding: uniform frame sampling with PyAV, with clear errors for bad files.
+
+Sampling follows lmms-eval's reference models: ``np.linspace(0, total - 1, num_frames,
+dtype=int)`` over the decoded frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class VideoError(ValueError):
+    """A video that cannot be used: missing, unreadable, or without frames."""
+
+
+def uniform_indices(total: int, num_frames: int) -> np.ndarray:
+    """Frame indices lmms-eval samples: ``num_frames`` evenly spaced over ``total`` frames."""
+    if total < 1:
+        raise VideoError("video has no frames")
+    if num_frames < 1:
+        raise VideoError(f"max_frames_num={num_frames} must be at least 1")
+    return np.linspace(0, total - 1, num_frames, dtype=int)
+
+
+def decode_all(path: str | Path) -> np.ndarray:
+    """Every frame of a video as uint8 RGB [N, H, W, 3]."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video file not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"no video stream in {path}")
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    except VideoError:
+        raise
+    except Exception as exc:  # PyAV raises several error types for corrupt containers
+        raise VideoError(f"cannot decode video {path}: {exc.__class__.__name__}: {exc}") from None
+    if not frames:
+        raise VideoError(f"video has no frames: {path}")
+    return np.stack(frames)
+
+
+def load_frames(path: str | Path, num_frames: int) -> np.ndarray:
+    """``num_frames`` uniformly sampled frames of a video, uint8 RGB [T, H, W, 3]."""
+    frames = decode_all(path)
+    return frames[uniform_indices(len(frames), num_frames)]
