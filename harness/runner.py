@@ -35,6 +35,7 @@ class SampleRecord:
     decode_tok_s: float | None = None
     output_tokens: int | None = None
     peak_mem_mb: float | None = None
+    layer_counts: list[int] = field(default_factory=list)
     method_info: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -115,6 +116,7 @@ class Runner:
             decode_tok_s=generation.decode_tokens_per_second,
             output_tokens=len(generation.token_ids),
             peak_mem_mb=peak_memory_mb(adapter.device),
+            layer_counts=counts,
             method_info={**reduced.info, **generation.prefill.info},
         )
 

@@ -35,14 +35,27 @@ def decode_all(path: str | Path) -> np.ndarray:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoError(f"no video stream in {path}")
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+            frames = _decode_frames(container)
     except VideoError:
         raise
+    except EOFError:  # a container that ends before its first frame
+        raise VideoError(f"video has no frames: {path}") from None
     except Exception as exc:  # PyAV raises several error types for corrupt containers
         raise VideoError(f"cannot decode video {path}: {exc.__class__.__name__}: {exc}") from None
     if not frames:
         raise VideoError(f"video has no frames: {path}")
     return np.stack(frames)
+
+
+def _decode_frames(container) -> list[np.ndarray]:
+    """Decode every frame; an end of file before any frame means the video has none."""
+    frames: list[np.ndarray] = []
+    try:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+    except EOFError:
+        pass
+    return frames
 
 
 def load_frames(path: str | Path, num_frames: int) -> np.ndarray:

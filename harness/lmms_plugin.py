@@ -1,0 +1,106 @@
+"""lmms-eval model class ``tokbench``: any registered reduction method on a LLaVA-OV checkpoint.
+
+Registered through the ``lmms_eval.models`` entry-point group (lmms-eval 0.7 reads only its
+V2 registry; ``manifest()`` is the payload), so this works from the shell::
+
+    lmms-eval eval --model tokbench \\
+        --model_args pretrained=PATH,method=uniform_pool,retain=0.25,max_frames_num=16 \\
+        --tasks synthvqa --include_path tasks
+
+Model args: ``pretrained``, ``method``, ``max_frames_num``, ``device``, ``dtype``,
+``attn_implementation``, ``max_new_tokens`` (cap), ``accounting_path`` (write per-sample
+accounting as JSONL); every other key is a parameter of the method (validated by it).
+Per-sample accounting is kept in ``self.records`` for the sweep. A sample that fails is
+recorded with its reason and answered with ``ERROR_ANSWER`` (the sweep excludes it from
+accuracy and counts it in ``errors``); it is never silently answered with "".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.models.registry_v2 import ModelManifest
+from tqdm import tqdm
+
+from harness.models.llava_onevision import LlavaOnevisionAdapter
+from harness.runner import Runner, SampleRecord
+from methods.registry import build_reducer
+
+MODEL_ID = "tokbench"
+ERROR_ANSWER = "[tokbench-error]"
+DEFAULT_MAX_NEW_TOKENS = 1024
+
+
+def manifest() -> ModelManifest:
+    """Entry-point payload for lmms-eval's model registry."""
+    return ModelManifest(model_id=MODEL_ID, simple_class_path="harness.lmms_plugin.TokbenchLMM")
+
+
+class TokbenchLMM(lmms):
+    """A simple (non-chat) lmms-eval model: video + question in, greedy answer out."""
+
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str,
+        method: str = "full",
+        max_frames_num: int = 32,
+        device: str = "auto",
+        dtype: str = "auto",
+        attn_implementation: str = "sdpa",
+        max_new_tokens: int | None = None,
+        accounting_path: str | None = None,
+        batch_size: int = 1,
+        adapter: LlavaOnevisionAdapter | None = None,
+        **method_params: Any,
+    ) -> None:
+        super().__init__()
+        if int(batch_size) != 1:
+            raise ValueError("tokbench generates one sample at a time (batch_size=1): per-sample timing needs it")
+        self.reducer = build_reducer(method, method_params)
+        self.adapter = adapter or LlavaOnevisionAdapter(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        self.runner = Runner(self.adapter, self.reducer, int(max_frames_num))
+        self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
+        self.accounting_path = accounting_path
+        self.records: dict[tuple[str, Any], SampleRecord] = {}
+        self.videos: dict[tuple[str, Any], tuple[str, str]] = {}
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        answers = []
+        for request in tqdm(requests, desc=f"{self.reducer.name} samples", leave=False):
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            record = self._answer_one(context, dict(gen_kwargs), doc_to_visual, doc_id, task, split)
+            self.records[(task, doc_id)] = record
+            answers.append(ERROR_ANSWER if record.error else record.answer)
+        self._write_accounting()
+        return answers
+
+    def _answer_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+        videos = [v for v in visuals if isinstance(v, str)]
+        if len(videos) != 1 or len(visuals) != 1:
+            return SampleRecord(doc_id=doc_id, answer=None, error=f"ValueError: expected one video path, got {len(visuals)} visual(s)")
+        self.videos[(task, doc_id)] = (videos[0], context)
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_new = int(gen_kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+        if self.max_new_tokens is not None:
+            max_new = min(max_new, self.max_new_tokens)
+        return self.runner.answer(doc_id, videos[0], context, max_new, until)
+
+    def _write_accounting(self) -> None:
+        if not self.accounting_path:
+            return
+        with open(self.accounting_path, "w") as handle:
+            for (task, _), record in self.records.items():
+                handle.write(json.dumps({"task": task, **record.to_json()}) + "\n")
+
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        raise NotImplementedError("tokbench answers generate_until tasks only (video QA); loglikelihood tasks are not supported")
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        raise NotImplementedError("tokbench does not support multi-round generation tasks")

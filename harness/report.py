@@ -1,0 +1,140 @@
+"""Leaderboard: cell rows + sample logs -> CSV, Markdown table, per-group table and plots.
+
+Comparisons against the ``full`` baseline of the same model and task are computed here from
+the per-sample logs, on the samples both runs answered without error:
+``delta_vs_full`` (accuracy difference), ``agreement_with_full`` (share of identical
+answers) and ``p_value_vs_full`` (exact McNemar test on paired correctness).
+``tokdense`` = accuracy in percentage points / visual tokens entering the LLM (VQToken).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from scipy.stats import binomtest
+
+from harness.config import SweepConfig
+
+COLUMNS = [
+    "model", "task", "method", "params", "budget", "n", "accuracy", "delta_vs_full",
+    "agreement_with_full", "visual_tokens", "visual_tokens_layer_avg", "tflops_measured",
+    "tflops_paper", "vision_ms", "reduce_ms", "prefill_ms", "decode_tok_s", "peak_mem_mb",
+    "tokdense", "errors", "seed", "versions",
+]
+EXTRA_COLUMNS = [
+    "p_value_vs_full", "accuracy_lmms_eval", "metric", "accuracy_by_group", "method_info",
+    "positions", "frames", "prompt_key", "status", "first_error", "cell_id",
+]
+MARKDOWN_COLUMNS = [
+    "method", "budget", "n", "accuracy", "delta_vs_full", "agreement_with_full", "p_value_vs_full",
+    "visual_tokens", "visual_tokens_layer_avg", "tflops_measured", "tflops_paper", "reduce_ms",
+    "prefill_ms", "tokdense", "errors",
+]
+
+
+def load_samples(results_dir: Path, cell_id: str) -> dict[Any, dict]:
+    path = results_dir / "runs" / cell_id / "samples.jsonl"
+    if not path.is_file():
+        return {}
+    return {s["doc_id"]: s for s in map(json.loads, path.read_text().splitlines())}
+
+
+def compare(method: dict[Any, dict], full: dict[Any, dict]) -> dict[str, float | None]:
+    """Paired comparison on samples both runs answered and scored."""
+    common = [d for d in method if d in full and method[d]["error"] is None and full[d]["error"] is None]
+    scored = [d for d in common if method[d]["score"] is not None and full[d]["score"] is not None]
+    if not common:
+        return {"delta_vs_full": None, "agreement_with_full": None, "p_value_vs_full": None}
+    agree = sum(_norm(method[d]["answer"]) == _norm(full[d]["answer"]) for d in common) / len(common)
+    if not scored:
+        return {"delta_vs_full": None, "agreement_with_full": agree, "p_value_vs_full": None}
+    delta = sum(method[d]["score"] - full[d]["score"] for d in scored) / len(scored)
+    only_full = sum(full[d]["score"] >= 0.5 > method[d]["score"] for d in scored)
+    only_method = sum(method[d]["score"] >= 0.5 > full[d]["score"] for d in scored)
+    discordant = only_full + only_method
+    p_value = binomtest(only_method, discordant, 0.5).pvalue if discordant else 1.0
+    return {"delta_vs_full": delta, "agreement_with_full": agree, "p_value_vs_full": p_value}
+
+
+def _norm(answer: str | None) -> str:
+    return (answer or "").strip().lower()
+
+
+def build_table(config: SweepConfig) -> pd.DataFrame:
+    results_dir = config.results_dir
+    rows = [json.loads(p.read_text()) for p in sorted((results_dir / "cells").glob("*.json"))]
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS + EXTRA_COLUMNS)
+    order = {cell.cell_id: i for i, cell in enumerate(config.cells())}
+    rows.sort(key=lambda r: order.get(r["cell_id"], len(order)))
+    full_ids = {(r["model"], r["task"]): r["cell_id"] for r in rows if r["method"] == "full" and r.get("status") == "ok"}
+    for row in rows:
+        baseline = full_ids.get((row["model"], row["task"]))
+        if row.get("status") == "ok" and baseline:
+            row.update(compare(load_samples(results_dir, row["cell_id"]), load_samples(results_dir, baseline)))
+        accuracy, tokens = row.get("accuracy"), row.get("visual_tokens")
+        row["tokdense"] = 100.0 * accuracy / tokens if accuracy is not None and tokens else None
+    table = pd.DataFrame(rows)
+    for column in COLUMNS + EXTRA_COLUMNS:
+        if column not in table:
+            table[column] = None
+    return table[COLUMNS + EXTRA_COLUMNS]
+
+
+def group_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per question family, one row per cell."""
+    records = []
+    for _, row in table.iterrows():
+        groups = json.loads(row["accuracy_by_group"]) if isinstance(row["accuracy_by_group"], str) else {}
+        records.append({"method": row["method"], "budget": row["budget"], "n": row["n"], **groups})
+    return pd.DataFrame(records)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    from tabulate import tabulate
+
+    shown = table[MARKDOWN_COLUMNS]
+    return tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g", missingval="—")
+
+
+def plot(table: pd.DataFrame, x: str, path: Path, xlabel: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = table[(table["status"] == "ok") & table[x].notna() & table["accuracy"].notna()]
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for method, group in ok.groupby("method", sort=False):
+        group = group.sort_values(x)
+        axis.plot(group[x], group["accuracy"], marker="o", label=method)
+    axis.set_xscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("accuracy")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_reports(config: SweepConfig) -> list[dict[str, Any]]:
+    """Rebuild leaderboard.csv / .md, groups.csv / .md and the two plots from all cells."""
+    out = config.results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    table = build_table(config)
+    table.to_csv(out / "leaderboard.csv", index=False)
+    (out / "leaderboard.md").write_text(markdown(table) + "\n")
+    groups = group_table(table)
+    groups.to_csv(out / "groups.csv", index=False)
+    if not groups.empty:
+        from tabulate import tabulate
+
+        (out / "groups.md").write_text(tabulate(groups, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f") + "\n")
+    if not table.empty:
+        plot(table, "visual_tokens", out / "accuracy_vs_tokens.png", "visual tokens entering the LLM")
+        plot(table, "tflops_paper", out / "accuracy_vs_flops.png", "prefill TFLOPs (paper convention)")
+    return table.to_dict("records")

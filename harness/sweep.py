@@ -1,0 +1,216 @@
+"""Run a sweep: every cell through lmms-eval in-process, one row and one sample log per cell.
+
+Each finished cell writes ``<results>/cells/<cell_id>.json`` (its row) and
+``<results>/runs/<cell_id>/samples.jsonl`` (per-sample answers, scores and accounting), both
+atomically (temp file + rename). A rerun skips cells whose row exists, so a killed sweep
+resumes where it stopped. A cell that fails (unknown method, impossible budget, model that
+cannot load) is written as a row with ``status=error`` and its reason; the other cells run.
+After every cell the leaderboard (CSV, Markdown) is rebuilt from all rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from harness.config import Cell, SweepConfig
+from harness.flops import layer_flops
+from harness.scoring import accuracy_by_group, sample_score, task_metric
+from harness.versions import versions
+
+_TASK_MANAGERS: dict[tuple[str, ...], Any] = {}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def cell_row_path(config: SweepConfig, cell: Cell) -> Path:
+    return config.results_dir / "cells" / f"{cell.cell_id}.json"
+
+
+def samples_path(config: SweepConfig, cell: Cell) -> Path:
+    return config.results_dir / "runs" / cell.cell_id / "samples.jsonl"
+
+
+def task_manager(include_path: list[str]):
+    from lmms_eval.tasks import TaskManager
+
+    key = tuple(include_path)
+    if key not in _TASK_MANAGERS:
+        _TASK_MANAGERS[key] = TaskManager("WARNING", include_path=list(include_path), model_name="tokbench")
+    return _TASK_MANAGERS[key]
+
+
+def base_row(config: SweepConfig, cell: Cell) -> dict[str, Any]:
+    return {
+        "model": cell.model.name,
+        "task": cell.task,
+        "method": cell.method,
+        "params": cell.params_label,
+        "budget": cell.budget_label,
+        "frames": config.frames,
+        "seed": config.seed,
+        "versions": versions(),
+        "cell_id": cell.cell_id,
+    }
+
+
+def median_after_warmup(values: list[float]) -> float | None:
+    """Median over samples, skipping the first (warm-up) when there are several."""
+    values = [v for v in values if v is not None]
+    if len(values) > 1:
+        values = values[1:]
+    return statistics.median(values) if values else None
+
+
+def paper_tflops(layer_counts_mean: list[float], hidden: int, ffn: int) -> float:
+    return sum(layer_flops(n, hidden, ffn) for n in layer_counts_mean) / 1e12
+
+
+def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
+    """Evaluate one cell through lmms-eval; return its row (samples are written beside it)."""
+    from lmms_eval.evaluator import simple_evaluate
+
+    from harness.lmms_plugin import TokbenchLMM
+    from harness.runner import measure_prefill_flops
+
+    torch.manual_seed(config.seed)
+    lm = TokbenchLMM(
+        pretrained=cell.model.pretrained,
+        method=cell.method,
+        max_frames_num=config.frames,
+        max_new_tokens=config.max_new_tokens,
+        adapter=adapter,
+        **cell.method_params,
+    )
+    manager = task_manager(config.include_path)
+    results = simple_evaluate(
+        model=lm,
+        tasks=[cell.task],
+        limit=config.limit,
+        log_samples=True,
+        task_manager=manager,
+        random_seed=config.seed,
+        numpy_random_seed=config.seed,
+        torch_random_seed=config.seed,
+        fewshot_random_seed=config.seed,
+        bootstrap_iters=0,
+        verbosity="WARNING",
+    )
+    metric = task_metric(cell.task, results)
+    samples = []
+    for logged in results["samples"][cell.task]:
+        record = lm.records.get((cell.task, logged["doc_id"]))
+        value = logged.get(metric)
+        samples.append(
+            {
+                "doc_id": logged["doc_id"],
+                "answer": None if record is None else record.answer,
+                "error": "no answer recorded" if record is None else record.error,
+                "score": sample_score(value),
+                "group": value.get("family") if isinstance(value, dict) else None,
+                **({} if record is None else {k: v for k, v in record.to_json().items() if k not in ("doc_id", "answer", "error")}),
+            }
+        )
+    atomic_write(samples_path(config, cell), "".join(json.dumps(s, default=str) + "\n" for s in samples))
+    ok = [s for s in samples if s["error"] is None]
+    scored = [s for s in ok if s["score"] is not None]
+    row = base_row(config, cell)
+    dims = adapter.text_dims()
+    layer_counts = _mean_layer_counts(ok)
+    flops = [
+        measure_prefill_flops(lm.runner, *lm.videos[(cell.task, s["doc_id"])])
+        for s in ok[: config.flops_samples]
+    ]
+    row.update(
+        {
+            "status": "ok",
+            "params": ",".join(f"{k}={v}" for k, v in lm.reducer.describe_params().items() if k not in ("retain", "tokens")),
+            "metric": metric,
+            "n": len(scored),
+            "accuracy": statistics.fmean(s["score"] for s in scored) if scored else None,
+            "accuracy_lmms_eval": _lmms_metric(results, cell.task, metric),
+            "accuracy_by_group": json.dumps(accuracy_by_group(scored)),
+            "visual_tokens": _mean(s["visual_tokens"] for s in ok),
+            "visual_tokens_layer_avg": _mean(s["visual_tokens_layer_avg"] for s in ok),
+            "tflops_measured": statistics.fmean(flops) / 1e12 if flops else None,
+            "tflops_paper": paper_tflops(layer_counts, dims["hidden"], dims["ffn"]) if layer_counts else None,
+            "vision_ms": median_after_warmup([s["vision_ms"] for s in ok]),
+            "reduce_ms": median_after_warmup([s["reduce_ms"] for s in ok]),
+            "prefill_ms": median_after_warmup([s["prefill_ms"] for s in ok]),
+            "decode_tok_s": median_after_warmup([s["decode_tok_s"] for s in ok]),
+            "peak_mem_mb": max((s["peak_mem_mb"] for s in ok), default=None),
+            "errors": len(samples) - len(ok),
+            "first_error": next((s["error"] for s in samples if s["error"]), None),
+            "positions": lm.reducer.position_policy_used,
+            "prompt_key": "tokbench (lmms_eval_specific_kwargs: default)",
+            "method_info": json.dumps(_summarise_info([s.get("method_info") or {} for s in ok])),
+        }
+    )
+    return row
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _mean_layer_counts(ok: list[dict]) -> list[float]:
+    """Per-layer visual-token counts averaged over samples, for the paper FLOPs of the run."""
+    counts = [s["layer_counts"] for s in ok if s.get("layer_counts")]
+    if not counts:
+        return []
+    return [statistics.fmean(layer) for layer in zip(*counts)]
+
+
+def _lmms_metric(results: dict, task: str, metric: str) -> float | None:
+    value = results["results"].get(task, {}).get(f"{metric},none")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _summarise_info(infos: list[dict]) -> dict[str, Any]:
+    """Numeric method metadata averaged over samples (e.g. the mean K an adaptive method chose)."""
+    keys = {k for info in infos for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: statistics.fmean(info[k] for info in infos if k in info) for k in sorted(keys)}
+
+
+def error_row(config: SweepConfig, cell: Cell, exc: BaseException) -> dict[str, Any]:
+    row = base_row(config, cell)
+    row.update({"status": "error", "first_error": f"{exc.__class__.__name__}: {exc}", "n": 0})
+    return row
+
+
+def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every unfinished cell; return all rows (finished earlier or now)."""
+    from harness.models.llava_onevision import LlavaOnevisionAdapter
+    from harness.report import write_reports
+
+    cells = config.cells()
+    adapters: dict[str, Any] = {}
+    bar = tqdm(cells, desc="cells", disable=not progress)
+    for cell in bar:
+        path = cell_row_path(config, cell)
+        if path.exists():
+            continue
+        bar.set_postfix_str(f"{cell.method} {cell.budget_label}")
+        try:
+            if cell.model.name not in adapters:
+                adapters[cell.model.name] = LlavaOnevisionAdapter(cell.model.pretrained, device=config.device, dtype=config.dtype)
+            row = run_cell(config, cell, adapters[cell.model.name])
+        except Exception as exc:  # the failure becomes this cell's row; other cells still run
+            row = error_row(config, cell, exc)
+        atomic_write(path, json.dumps(row, indent=1, default=str))
+        write_reports(config)
+    return write_reports(config)
