@@ -130,10 +130,11 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
     row = base_row(config, cell)
     dims = adapter.text_dims()
     layer_counts = _mean_layer_counts(ok)
-    flops = [
-        measure_prefill_flops(lm.runner, *lm.videos[(cell.task, s["doc_id"])])
-        for s in ok[: config.flops_samples]
-    ]
+    flops, flops_error = [], None
+    try:
+        flops = [measure_prefill_flops(lm.runner, *lm.videos[(cell.task, s["doc_id"])]) for s in ok[: config.flops_samples]]
+    except Exception as exc:  # a method fvcore cannot trace loses that column, not the cell
+        flops_error = f"{exc.__class__.__name__}: {exc}"
     row.update(
         {
             "status": "ok",
@@ -153,7 +154,7 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
             "decode_tok_s": median_after_warmup([s["decode_tok_s"] for s in ok]),
             "peak_mem_mb": max((s["peak_mem_mb"] for s in ok), default=None),
             "errors": len(samples) - len(ok),
-            "first_error": next((s["error"] for s in samples if s["error"]), None),
+            "first_error": next((s["error"] for s in samples if s["error"]), flops_error),
             "positions": lm.reducer.position_policy_used,
             "prompt_key": "tokbench (lmms_eval_specific_kwargs: default)",
             "method_info": json.dumps(_summarise_info([s.get("method_info") or {} for s in ok])),

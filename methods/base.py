@@ -367,9 +367,12 @@ def append_newline(video: VideoTokens, embeddings: torch.Tensor, positions: torc
 
 
 def python_round(x: float) -> int:
-    """Python's round (half to even), the rounding the official codes use."""
-    return int(round(x))
+    """Python's round (half to even), the rounding the official codes use.
+
+    ``float()`` first: under fvcore's jit trace, shape arithmetic yields 0-d tensors.
+    """
+    return int(round(float(x)))
 
 
 def ceil_int(x: float) -> int:
-    return int(math.ceil(x))
+    return int(math.ceil(float(x)))

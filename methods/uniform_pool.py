@@ -11,8 +11,6 @@ first frame of its group. The newline token is appended once, as the model does 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -21,9 +19,15 @@ from methods.registry import register
 
 
 def spatial_shape(height: int, width: int, per_frame: float) -> tuple[int, int]:
-    """The pooled grid (h, w) with h*w closest to ``per_frame`` at the grid's aspect ratio."""
-    scale = math.sqrt(max(per_frame, 1.0) / (height * width))
-    return max(1, min(height, round(height * scale))), max(1, min(width, round(width * scale)))
+    """The largest pooled grid (h, w) with h*w <= ``per_frame``; the squarest on ties."""
+    best = (1, 1)
+    for h in range(1, height + 1):
+        w = min(width, int(per_frame // h))
+        if w < 1:
+            break
+        if (h * w, -abs(h - w)) > (best[0] * best[1], -abs(best[0] - best[1])):
+            best = (h, w)
+    return best
 
 
 def pool_frames(grid: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

@@ -1,0 +1,301 @@
+"""Benchmark: HoliTom's outer stage (``methods.holitom.outer_stage``) against the official loop
+structure.
+
+The reference below is a plain re-implementation, written for this benchmark, of how the
+official code (cokeshao/HoliTom ``holitom/llava_arch.py``, commit e9b2972) is organised:
+a loop of cumulative products per start frame for the window gains (55-67), a double Python
+loop with tensor scalars for the DP (69-98), a loop over windows for the split (278-311),
+``isin`` plus a Python loop over clusters for the merge into centres (100-150), a mask plus
+``masked_select`` for the attention selection (152-197), and ``F.normalize`` +
+``F.cosine_similarity`` for the frame similarity (377-380). Both sides draw the density noise
+from generators seeded alike, so their outputs must agree: the script asserts the same
+windows, token count and tokens (within 1e-6; it also reports whether they are bit-identical),
+then prints the median times and the speed ratio, and writes them as JSON to ``--out``.
+
+Run: ``.venv/bin/python benchmarks/bench_holitom.py --dim 896 3584 --frames 32 --out bench.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from methods import holitom as ht
+
+GRID = 14
+
+
+# ---------------------------------------------------------------------------------------
+# Synthetic video: scenes with a static background, moving blobs, per-frame noise
+# ---------------------------------------------------------------------------------------
+
+
+def synthetic_video(frames: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features [T, 196, D] and encoder attention [T, 196] with 3 scenes and 3 moving blobs."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = GRID * GRID
+    mean_dir = torch.randn(dim, generator=gen)
+    scenes = torch.randn(3, tokens, dim, generator=gen)
+    scene_of = (torch.arange(frames) * 3) // frames
+    features = mean_dir + scenes[scene_of] + 0.25 * torch.randn(frames, tokens, dim, generator=gen)
+    rows, cols = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
+    blob_weight = torch.zeros(frames, tokens)
+    for _ in range(3):
+        vector = 3.0 * torch.randn(dim, generator=gen)
+        start, velocity = torch.rand(2, generator=gen) * GRID, torch.randn(2, generator=gen) * 0.4
+        for t in range(frames):
+            centre = (start + velocity * t) % GRID
+            dist2 = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2
+            weight = torch.exp(-dist2 / 4.0).reshape(-1)
+            features[t] += weight[:, None] * vector
+            blob_weight[t] = torch.maximum(blob_weight[t], weight)
+    attention = torch.softmax(0.7 * torch.randn(frames, tokens, generator=gen) + 2.5 * blob_weight, dim=-1)
+    return features, attention
+
+
+# ---------------------------------------------------------------------------------------
+# Reference: the official loop structure
+# ---------------------------------------------------------------------------------------
+
+
+def loop_gain_matrix(similarity: torch.Tensor, frames: int, tau: float) -> torch.Tensor:
+    table = torch.ones(frames, frames, similarity.shape[1])
+    for start in range(frames - 1):
+        running = torch.cumprod(similarity[start:] > tau, dim=0)
+        table[start, start + 1 : start + 1 + running.shape[0]] = running
+    steps = torch.arange(frames)
+    lengths = (steps[None, :] - steps[:, None]).clamp(min=0)
+    return (table.sum(dim=-1) * lengths).float()
+
+
+def loop_windows(similarity: torch.Tensor, frames: int, tau: float, max_window: int) -> tuple[list[tuple[int, int]], float]:
+    gain = loop_gain_matrix(similarity, frames, tau)
+    dp = torch.zeros(frames)
+    back = torch.zeros(frames, dtype=torch.long)
+    for i in range(frames):
+        best = dp[i - 1] if i > 0 else 0
+        start = i
+        for size in range(2, min(i + 1, max_window) + 1):
+            j = i - size
+            value = (dp[j] if j >= 0 else 0) + gain[j + 1, i]
+            if value > best:
+                best, start = value, j + 1
+        dp[i] = best
+        back[i] = start
+    windows = []
+    i = frames - 1
+    while i >= 0:
+        windows.append((int(back[i].item()), i))
+        i = int(back[i].item()) - 1
+    return windows[::-1], dp[-1].item()
+
+
+def loop_dpc(x: torch.Tensor, clusters: int, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    dist = torch.cdist(x.float(), x.float()) / (x.shape[-1] ** 0.5)
+    nearest, _ = torch.topk(dist, k, dim=-1, largest=False)
+    density = (-(nearest**2).mean(dim=-1)).exp()
+    density = density + torch.rand(density.shape, generator=generator) * 1e-6
+    denser = (density[:, None, :] > density[:, :, None]).type(x.dtype)
+    far = dist.flatten(1).max(dim=-1).values[:, None, None]
+    delta, _ = (dist * denser + far * (1 - denser)).min(dim=-1)
+    _, centres = (delta * density).topk(clusters, dim=-1)
+    return centres, dist
+
+
+def loop_merge_clusters(feat: torch.Tensor, centres: torch.Tensor, dist: torch.Tensor, clusters: int, beta: float) -> torch.Tensor:
+    batch, count, dim = feat.shape
+    every = torch.arange(count).unsqueeze(0).expand(batch, -1)
+    others = torch.zeros(batch, count - clusters, dtype=torch.long)
+    for b in range(batch):
+        others[b] = every[b][~torch.isin(every[b], centres[b])]
+    other_feat = torch.gather(feat, 1, others.unsqueeze(-1).expand(-1, -1, dim))
+    d = torch.gather(dist, 1, others.unsqueeze(-1).expand(-1, -1, dist.shape[-1]))
+    d = torch.gather(d, 2, centres.unsqueeze(1).expand(-1, d.shape[1], -1))
+    owner = torch.argmin(d, dim=-1)
+    result = []
+    for b in range(batch):
+        tokens = []
+        for i in range(clusters):
+            members = owner[b] == i
+            if members.any():
+                tokens.append(beta * feat[b][centres[b][i]] + (1 - beta) * other_feat[b][members].mean(dim=0))
+            else:
+                tokens.append(feat[b][centres[b][i]])
+        result.append(torch.stack(tokens))
+    return torch.stack(result)
+
+
+def loop_attention_select(feat: torch.Tensor, attn: torch.Tensor, ratio: float) -> torch.Tensor:
+    frames, count, dim = feat.shape
+    keep = math.ceil(count * ratio)
+    if keep == 0:
+        return feat.new_empty(frames, 0, dim)
+    top = attn.topk(keep, dim=1).indices
+    dropped = torch.ones_like(feat[:, :, 0], dtype=torch.bool).scatter_(1, top, False)
+    return feat.masked_select(~dropped.unsqueeze(-1)).view(frames, keep, dim)
+
+
+def loop_static_merge(feat: torch.Tensor, ratio: float, beta: float, knn: int, generator: torch.Generator) -> torch.Tensor:
+    clusters = round(feat.shape[1] * ratio)
+    if clusters == 0:
+        return feat.new_empty(feat.shape[0], 0, feat.shape[2])
+    centres, dist = loop_dpc(feat, clusters, min(knn, clusters), generator)
+    centres = torch.sort(centres, dim=-1)[0]
+    return loop_merge_clusters(feat, centres, dist, clusters, beta)
+
+
+def loop_outer(
+    features: torch.Tensor, attention: torch.Tensor, retain: float, tau: float, max_window: int, seed: int
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    generator = torch.Generator().manual_seed(seed)
+    frames, count, _ = features.shape
+    normed = F.normalize(features, p=2, dim=-1)
+    similarity = F.cosine_similarity(normed[:-1], normed[1:], dim=-1)
+    windows, reduced = loop_windows(similarity, frames, tau, max_window)
+    total = frames * count
+    ratio = min(retain / ((total - reduced) / total), 1)
+    segments = []
+    for start, end in windows:
+        if start == end:
+            segments.append(loop_attention_select(features[start : end + 1], attention[start : end + 1], ratio).flatten(0, 1))
+            continue
+        static = torch.all(similarity[start:end] > tau, dim=0)
+        dynamic = loop_attention_select(features[start : end + 1, ~static], attention[start : end + 1, ~static], ratio)
+        merged = loop_static_merge(features[start : end + 1, static].mean(dim=0).unsqueeze(0), ratio, 0.6, 7, generator)
+        segments.append(torch.cat([merged.flatten(0, 1), dynamic.flatten(0, 1)]))
+    return torch.cat(segments), windows
+
+
+# ---------------------------------------------------------------------------------------
+# Timing and comparison
+# ---------------------------------------------------------------------------------------
+
+
+def ours(features: torch.Tensor, attention: torch.Tensor, retain: float, tau: float, max_window: int, seed: int) -> ht.OuterResult:
+    return ht.outer_stage(features, attention, retain, tau, max_window=max_window, noise=torch.Generator().manual_seed(seed))
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def reference_similarity(features: torch.Tensor) -> torch.Tensor:
+    normed = F.normalize(features, p=2, dim=-1)
+    return F.cosine_similarity(normed[:-1], normed[1:], dim=-1)
+
+
+def clustering_inputs(features: torch.Tensor, result: ht.OuterResult, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(static tokens, sorted centres, distances) of every clustered window, as the outer stage saw them."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = ht.split_static_dynamic(features, torch.zeros(features.shape[:2]), result.windows, result.feature_sim, 0.0)
+    out = []
+    for part in parts:
+        static = part.static_feat[None]
+        clusters = round(static.shape[1] * result.retain_adjusted)
+        if part.size > 1 and clusters > 0:
+            dpc = ht.cluster_dpc_knn(static, clusters, min(7, clusters), generator)
+            out.append((static, dpc.centres.sort(dim=-1).values, dpc.dist_matrix))
+    return out
+
+
+def stage_row(name: str, reference: Callable[[], object], fast: Callable[[], object], repeats: int) -> dict:
+    reference_s, fast_s = median_seconds(reference, repeats), median_seconds(fast, repeats)
+    return {"stage": name, "official_loop_ms": reference_s * 1e3, "ours_ms": fast_s * 1e3, "speedup": reference_s / fast_s}
+
+
+def run_case(dim: int, frames: int, retain: float, tau: float, max_window: int, repeats: int, seed: int) -> dict:
+    features, attention = synthetic_video(frames, dim, seed)
+    reference, ref_windows = loop_outer(features, attention, retain, tau, max_window, seed)
+    result = ours(features, attention, retain, tau, max_window, seed)
+    assert result.windows == ref_windows, f"windows differ: {result.windows} vs {ref_windows}"
+    assert result.tokens.shape == reference.shape, f"token counts differ: {tuple(result.tokens.shape)} vs {tuple(reference.shape)}"
+    max_diff = float((result.tokens - reference).abs().max())
+    assert max_diff <= 1e-6, f"tokens differ by {max_diff}"
+
+    similarity = result.feature_sim
+    assert torch.equal(similarity, reference_similarity(features)), "frame similarity differs"
+    assert ht.select_static_windows(similarity, frames, tau, max_window) == loop_windows(similarity, frames, tau, max_window)
+    merges = clustering_inputs(features, result, seed)
+    for static, centres, dist in merges:
+        merged, _ = ht.merge_into_centres(static, centres, dist, 0.6)
+        assert (merged - loop_merge_clusters(static, centres, dist, centres.shape[1], 0.6)).abs().max() <= 1e-6
+
+    stages = [
+        stage_row("frame similarity", lambda: reference_similarity(features), lambda: ht.frame_similarity(features), repeats),
+        stage_row(
+            "DP windows",
+            lambda: loop_windows(similarity, frames, tau, max_window),
+            lambda: ht.select_static_windows(similarity, frames, tau, max_window),
+            repeats,
+        ),
+        stage_row(
+            "merge into centres",
+            lambda: [loop_merge_clusters(x, c, d, c.shape[1], 0.6) for x, c, d in merges],
+            lambda: [ht.merge_into_centres(x, c, d, 0.6) for x, c, d in merges],
+            repeats,
+        ),
+        stage_row(
+            "whole outer stage",
+            lambda: loop_outer(features, attention, retain, tau, max_window, seed),
+            lambda: ours(features, attention, retain, tau, max_window, seed),
+            repeats,
+        ),
+    ]
+    return {
+        "dim": dim,
+        "frames": frames,
+        "retain": retain,
+        "tau": tau,
+        "windows": len(result.windows),
+        "clusters": sum(int(c.shape[1]) for _, c, _ in merges),
+        "tokens": int(result.tokens.shape[0]),
+        "max_abs_diff": max_diff,
+        "bit_identical": bool(torch.equal(result.tokens, reference)),
+        "stages": stages,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dim", type=int, nargs="+", default=[896, 3584], help="feature sizes D to run")
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--retain", type=float, default=0.10)
+    parser.add_argument("--tau", type=float, default=None, help="default: 0.65 if retain <= 0.10 else 0.80")
+    parser.add_argument("--max-window", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tau = ht.default_tau(args.retain) if args.tau is None else args.tau
+    rows = [run_case(d, args.frames, args.retain, tau, args.max_window, args.repeats, args.seed) for d in args.dim]
+    print(f"{'D':>6} {'stage':<20} {'official loop ms':>17} {'ours ms':>9} {'ratio':>8}")
+    for r in rows:
+        for st in r["stages"]:
+            print(f"{r['dim']:>6} {st['stage']:<20} {st['official_loop_ms']:>17.2f} {st['ours_ms']:>9.2f} {st['speedup']:>7.1f}x")
+        print(
+            f"{r['dim']:>6} windows={r['windows']} clusters={r['clusters']} tokens={r['tokens']} "
+            f"max|diff|={r['max_abs_diff']:.1e} bit-identical={r['bit_identical']}"
+        )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"threads": args.threads, "repeats": args.repeats, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
