@@ -32,7 +32,13 @@ from typing import Any
 
 import torch
 
-from methods.kmeans import KMeansFit, kmeans, kmeans_sweep, l2_normalize, seeded_generator
+from methods.kmeans import (
+    KMeansFit,
+    kmeans,
+    kmeans_sweep,
+    l2_normalize,
+    seeded_generator,
+)
 
 ERROR_RTOL = 1e-5
 
@@ -41,7 +47,7 @@ def synthetic_tokens(frames: int, tokens: int, dim: int, seed: int) -> torch.Ten
     """[frames * tokens, dim] unit tokens: soft mixtures of object directions laid out by
     smooth per-frame fields, plus noise (k-means needs 10-40 iterations, like real features)."""
     gen = seeded_generator(seed)
-    side = int(round(tokens**0.5))
+    side = round(tokens**0.5)
     objects = 32
     directions = torch.randn(objects, dim, generator=gen)
     field = torch.randn(frames, objects, 4, 4, generator=gen)
@@ -121,7 +127,7 @@ def main() -> None:
 
     x = synthetic_tokens(args.frames, args.tokens, args.dim, args.seed)
     ks = list(range(args.k_min, args.k_max + 1))
-    sweep = dict(max_iter=args.max_iter, tol=args.tol)
+    sweep = {"max_iter": args.max_iter, "tol": args.tol}
 
     official, t_official = timed(lambda: run_official(x, ks, args.max_iter, args.tol, args.seed))
     seeds = [torch.tensor(run[0]) for run in official]
@@ -137,7 +143,12 @@ def main() -> None:
         "tokens": list(x.shape),
         "candidates": [ks[0], ks[-1]],
         "threads": args.threads,
-        "seconds": {"official": t_official, "sequential": t_sequential, "batched": t_batched, "batched_own_seeds": t_own},
+        "seconds": {
+            "official": t_official,
+            "sequential": t_sequential,
+            "batched": t_batched,
+            "batched_own_seeds": t_own,
+        },
         "ratio_official_over_batched_own_seeds": t_official / t_own,
         "ratio_official_over_batched_same_seeds": t_official / t_batched,
         "ratio_sequential_over_batched": t_sequential / t_batched,

@@ -105,7 +105,7 @@ def greedy_max_min(sim: torch.Tensor, k: int) -> torch.Tensor:
     similarity`` per column; step i: argmax of ``1 - max similarity to the selected set``;
     first index on ties; selected tokens are masked out. O(k*N) after the one pass over ``sim``.
     """
-    batch, n, _ = sim.shape
+    batch, n = int(sim.shape[0]), int(sim.shape[1])
     if not 1 <= k <= n:
         raise BudgetError(f"DivPrune cannot keep {k} of {n} tokens")
     rows = torch.arange(batch, device=sim.device)
@@ -141,7 +141,7 @@ def divprune_select_per_frame(frames: torch.Tensor, k: int) -> list[torch.Tensor
 
     Returns, per frame, the selected within-frame indices in selection order.
     """
-    budgets = frame_budgets(k, frames.shape[0])
+    budgets = frame_budgets(k, int(frames.shape[0]))
     sim = cosine_similarity_matrix(frames.float())
     picked = greedy_max_min(sim, max(budgets))
     return [picked[t, :kt] for t, kt in enumerate(budgets)]
@@ -149,7 +149,7 @@ def divprune_select_per_frame(frames: torch.Tensor, k: int) -> list[torch.Tensor
 
 def select_indices(features: torch.Tensor, k: int, scope: str, order: str) -> torch.Tensor:
     """Flat frame-major indices kept from a [T, H, W, D] grid, in the requested order."""
-    t, h, w, d = features.shape
+    t, h, w, d = (int(size) for size in features.shape)
     if scope == "global":
         chosen = divprune_select(features.reshape(-1, d), k)
     else:
@@ -184,7 +184,7 @@ class DivPrune(Reducer):
         flat = video.flat()
         if not torch.isfinite(flat).all():
             raise MethodError("divprune: visual features contain NaN or inf")
-        k = self.budget.count(flat.shape[0])
+        k = self.budget.count(int(flat.shape[0]))
         indices = select_indices(video.features, k, self.values["scope"], self.values["order"])
         embeddings, positions = append_newline(video, flat[indices], indices)
         info: dict[str, Any] = {"kept": k, "scope": self.values["scope"], "order": self.values["order"]}

@@ -39,8 +39,10 @@ Deliberately different:
   cumulative products; the DP's inner max is vectorised; the members of every cluster are
   summed with one ``index_add_`` instead of a Python loop over clusters; the inner
   sequential averaging uses its closed form (a kept token k absorbing a_1..a_m in ascending
-  order becomes k / 2^m + sum_i a_i / 2^(m-i+1)), one scatter instead of a loop over tokens.
-  Selections are identical; merged values agree up to float rounding (< 1e-6 here).
+  order becomes k / 2^m + sum_i a_i / 2^(m-i+1)), one scatter instead of a loop over tokens;
+  the frame similarity runs the same element-wise ops in cache-sized blocks of frames.
+  Selections are identical; merged values agree up to float rounding (< 1e-6 here). On CUDA
+  ``index_add_`` is deterministic only under ``torch.use_deterministic_algorithms(True)``.
 * Precision: the reducer runs both stages in float32 and casts back to the model dtype (the
   official code computes in the model's fp16/bf16, except cdist which it runs in float32).
 * Density noise: drawn from a generator seeded by the ``seed`` parameter, so runs repeat
@@ -63,7 +65,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +88,7 @@ from methods.registry import register
 DENSITY_NOISE_SCALE = 1e-6
 """The official density tie-breaker: ``density += torch.rand(shape) * 1e-6`` (line 38)."""
 
-NoiseSource = Union[torch.Generator, Iterator[torch.Tensor], None]
+NoiseSource = torch.Generator | Iterator[torch.Tensor] | None
 """Where DPC density noise comes from: a generator (draws ``torch.rand``), an iterator of
 stored uniform draws (replayed one per clustering call, in call order), or None (no noise)."""
 
@@ -329,6 +331,12 @@ def cluster_dpc_knn(
     return DPCResult(centres=centres, dist_matrix=dist, density=density, delta=delta, score=score)
 
 
+def take_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[b, index[b, j]]``: [B, n, D] x [B, k] -> [B, k, D] (faster than an expanded gather)."""
+    rows = torch.arange(values.shape[0], device=values.device)[:, None]
+    return values[rows, index]
+
+
 def merge_into_centres(
     features: torch.Tensor, centres: torch.Tensor, dist_matrix: torch.Tensor, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,13 +351,13 @@ def merge_into_centres(
     batch, count, dim = features.shape
     clusters = centres.shape[1]
     is_member = torch.ones(batch, count, dtype=torch.bool, device=features.device)
-    is_member.scatter_(1, centres, False)
+    is_member.scatter_(1, centres, torch.zeros_like(centres, dtype=torch.bool))  # tensor src: traceable by fvcore
     to_centre = dist_matrix.gather(2, centres[:, None, :].expand(batch, count, clusters))
     assignment = to_centre.argmin(dim=-1)  # [B, n]
     slot = (assignment + clusters * torch.arange(batch, device=features.device)[:, None])[is_member]
     sums = features.new_zeros(batch * clusters, dim).index_add_(0, slot, features[is_member])
     sizes = torch.bincount(slot, minlength=batch * clusters).to(features.dtype)[:, None]
-    centre_feat = features.gather(1, centres[..., None].expand(batch, clusters, dim)).reshape(-1, dim)
+    centre_feat = take_rows(features, centres).reshape(-1, dim)
     merged = beta * centre_feat + (1 - beta) * (sums / sizes.clamp(min=1))
     merged = torch.where(sizes > 0, merged, centre_feat)
     return merged.reshape(batch, clusters, dim), assignment[is_member].reshape(batch, count - clusters)
@@ -403,7 +411,7 @@ def select_by_attention(
     if keep == 0:
         return features.new_empty(frames, 0, dim), positions.new_empty(frames, 0)
     index = attention.topk(keep, dim=1).indices.sort(dim=1).values
-    return features.gather(1, index[..., None].expand(frames, keep, dim)), positions.gather(1, index)
+    return take_rows(features, index), positions.gather(1, index)
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ Reference: Hai-chao-Zhang/VQToken at 019f89fd877fb7c28f771e8e33b4d3a34aa28e09.
   farthest from the chord between the first and last points (argmax, first on ties; fewer
   than three candidates give the first). That is the "knee" of Kneedle without its
   threshold test; it is ``elbow_chord`` here and the default rule ``elbow``. The same fix
-  keeps the chosen candidate's fit instead of running a fresh one.
+  keeps the chosen candidate's fit instead of running a fresh one (done here too) and
+  measures the distortion as summed cosine distance; here both rules read the released
+  squared-Euclidean distortion, so ``rule`` changes only the rule.
 
 What differs from the released code, and why:
 
@@ -51,6 +53,7 @@ from dataclasses import dataclass, field
 import torch
 
 SEED_EPS = 1e-6
+FRESH_SUMS_FRACTION = 8  # recompute the sums when more than 1/8 of the labels changed
 ELBOW_RULES = ("elbow", "elbow_official")
 
 
@@ -119,17 +122,21 @@ def cosine_distances(x_unit: torch.Tensor, centroids: torch.Tensor) -> torch.Ten
     return sim.neg_().add_(1.0)
 
 
-def assign(x_unit: torch.Tensor, centroid_sets: Sequence[torch.Tensor], exact: bool) -> list[torch.Tensor]:
+def assign(
+    x_unit: torch.Tensor, centroid_sets: Sequence[torch.Tensor], exact: bool, buffer: torch.Tensor | None = None
+) -> list[torch.Tensor]:
     """Nearest centroid (cosine, first index on ties) of every token, for each centroid set.
 
-    Batched: one [sum K, N] matmul for all sets and a ``min`` over each set's block.
-    ``exact``: the reference's own ops, one [N, K] matmul and ``argmin`` per set (the
-    matmul's rounding can depend on its width, so this is the bit-faithful path).
+    Batched: one [sum K, N] matmul for all sets (into ``buffer`` rows if given) and a ``min``
+    over each set's block. ``exact``: the reference's own ops, one [N, K] matmul and
+    ``argmin`` per set (a matmul's rounding can depend on its width, so this is the
+    bit-faithful path).
     """
     if exact:
         return [cosine_distances(x_unit, c).argmin(dim=1) for c in centroid_sets]
-    sim = torch.mm(l2_normalize(torch.cat(list(centroid_sets))), x_unit.t())
-    dist = sim.neg_().add_(1.0)
+    centroids = l2_normalize(torch.cat(list(centroid_sets)))
+    out = None if buffer is None else buffer[: centroids.shape[0]]
+    dist = torch.mm(centroids, x_unit.t(), out=out).neg_().add_(1.0)
     return [block.min(dim=0).indices for block in torch.split(dist, [c.shape[0] for c in centroid_sets])]
 
 
@@ -146,8 +153,8 @@ class _Candidate:
     """Lloyd state of one candidate K inside a batched sweep.
 
     Fast mode keeps running cluster sums, corrected each iteration with the rows whose label
-    changed (two small ``index_add_``), so the means are the plain means up to float
-    rounding. ``exact`` recomputes them with the reference's arithmetic instead (per-cluster
+    changed (two small ``index_add_``; recomputed when many changed), so the means are the
+    plain means up to float rounding. ``exact`` recomputes them with the reference's arithmetic instead (per-cluster
     ``mean`` calls, bit-identical to the released code, one copy of X per iteration).
     """
 
@@ -163,11 +170,11 @@ class _Candidate:
         self.counts = torch.zeros(self.k, dtype=torch.long, device=x.device)
 
     def _update_sums(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        if self.n_iter == 0:
-            self.sums.index_add_(0, labels, x)
-            return
-        moved = torch.nonzero(labels != self.labels).squeeze(1)
-        if moved.numel():
+        """Running sums: recomputed when many labels changed, else corrected with the moved rows."""
+        moved = torch.nonzero(labels != self.labels).squeeze(1) if self.n_iter else None
+        if moved is None or moved.numel() * FRESH_SUMS_FRACTION > labels.numel():
+            self.sums.zero_().index_add_(0, labels, x)
+        elif moved.numel():
             rows = x.index_select(0, moved)
             self.sums.index_add_(0, labels[moved], rows)
             self.sums.index_add_(0, self.labels[moved], rows, alpha=-1)
@@ -210,11 +217,12 @@ def lloyd(
     running candidates; each stops on its own ``||C - C'|| < tol`` or at ``max_iter``."""
     x_unit = l2_normalize(x)
     candidates = [_Candidate(x, idx.to(x.device), exact) for idx in init_indices]
+    buffer = None if exact else x.new_empty(sum(c.k for c in candidates), x.shape[0])
     running = list(candidates)
     for _ in range(max_iter):
         if not running:
             break
-        for cand, labels in zip(running, assign(x_unit, [c.centroids for c in running], exact)):
+        for cand, labels in zip(running, assign(x_unit, [c.centroids for c in running], exact, buffer)):
             cand.step(x, labels, tol)
         running = [c for c in running if not c.converged]
     x_sq_total = float((x.double() ** 2).sum())

@@ -169,7 +169,8 @@ def load_vq_attention(directory: str | Path, dim: int, grid_tokens: int) -> VQAt
     if weight is None or tuple(weight.shape) != (dim, grid_tokens):
         found = None if weight is None else tuple(weight.shape)
         raise MethodError(f"{path} holds a VQ-Attention for {found} (dim, grid), not ({dim}, {grid_tokens})")
-    module = VQAttention(grid_tokens, dim, int(meta.get("num_heads", attention_heads(dim))))
+    ffn = state["transformer_decoder.layers.0.linear1.weight"].shape[0]
+    module = VQAttention(grid_tokens, dim, int(meta.get("num_heads", attention_heads(dim))), ffn)
     module.load_state_dict(state)
     return module.eval()
 
@@ -327,12 +328,12 @@ class _VQTokenBase(Reducer):
 
     def reduce_visual(self, video: VideoTokens) -> ReducedTokens:
         grid = video.unpooled()
-        frames, dim = grid.shape[0], grid.shape[-1]
+        frames, dim = int(grid.shape[0]), int(grid.shape[-1])
         x = grid.reshape(-1, dim).float()
         if not torch.isfinite(x).all():
             raise MethodError(f"{self.name}: visual features contain NaN or inf")
         cap = self._budget_cap(video.grid_token_count)
-        ks, adaptive = self._candidates(cap, x.shape[0])
+        ks, adaptive = self._candidates(cap, int(x.shape[0]))
         x_unit = l2_normalize(x)
         k, labels, codebook = self._cluster(x_unit, ks, adaptive)
         labels, codebook = drop_empty_clusters(labels, codebook)

@@ -15,7 +15,14 @@ import pytest
 import torch
 
 from methods import holitom as ht
-from methods.base import STAGE_BOTH, Budget, BudgetError, LayerView, MethodError, VideoTokens
+from methods.base import (
+    STAGE_BOTH,
+    Budget,
+    BudgetError,
+    LayerView,
+    MethodError,
+    VideoTokens,
+)
 from methods.registry import build_reducer
 
 QWEN2_7B = {"layers": 28, "d": 3584, "m": 18944}
@@ -214,7 +221,7 @@ def segmentation_total(gain: list[list[float]], windows: list[tuple[int, int]]) 
 def all_segmentations(frames: int, max_window: int):
     for cuts in itertools.product([False, True], repeat=frames - 1):
         bounds = [0] + [i + 1 for i, cut in enumerate(cuts) if cut] + [frames]
-        windows = [(a, b - 1) for a, b in zip(bounds, bounds[1:])]
+        windows = [(a, b - 1) for a, b in itertools.pairwise(bounds)]
         if all(e - s + 1 <= max_window for s, e in windows):
             yield windows
 

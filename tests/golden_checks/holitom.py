@@ -11,7 +11,8 @@ is the protocol the reducer's ``seed`` parameter relies on.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -151,7 +152,7 @@ def check_segment(record: Record) -> None:
     count = window.static_mask.numel()
     draws = outputs["rng_noise"]
     assert_generator_replays(record, draws)
-    common = dict(num_positions=count, beta=float(inputs["Beta"]), knn=int(inputs["K"]))
+    common = {"num_positions": count, "beta": float(inputs["Beta"]), "knn": int(inputs["K"])}
     ratio = float(inputs["retain_ratio"])
     for label, make_noise in (("replayed", lambda: replay(draws)), ("seeded", lambda: seeded(record))):
         flat = ht.reduce_window(window, ratio, noise=make_noise(), **common)
