@@ -34,8 +34,8 @@ from methods.divprune import (
     cosine_similarity_matrix,
     divprune_select,
     greedy_max_min,
-    normalize_rows,
 )
+from methods.base import l2_normalize
 
 TOKENS_PER_FRAME = 196
 
@@ -80,7 +80,7 @@ def best_times(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[st
 
 
 def bench_width(x: torch.Tensor, k: int, repeats: int) -> dict[str, Any]:
-    xn = normalize_rows(x)
+    xn = l2_normalize(x)
     sim = torch.mm(xn, xn.t())
     assert torch.equal(cosine_similarity_matrix(x), sim)
     outs, seconds = best_times(

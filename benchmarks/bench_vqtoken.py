@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
+from methods.base import l2_normalize
 from methods.kmeans import (
     KMeansFit,
     kmeans,
     kmeans_sweep,
-    l2_normalize,
     seeded_generator,
 )
 

@@ -16,8 +16,4 @@ BUILTIN_MODULES = (
 )
 
 for _module in BUILTIN_MODULES:
-    try:
-        import_module(_module)
-    except ModuleNotFoundError as _exc:  # a method module not written yet
-        if _exc.name != _module:
-            raise
+    import_module(_module)

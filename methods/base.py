@@ -366,6 +366,12 @@ def append_newline(video: VideoTokens, embeddings: torch.Tensor, positions: torc
     return embeddings, positions
 
 
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their L2 norm; zero rows stay zero instead of becoming NaN."""
+    norms = x.norm(dim=-1, keepdim=True)
+    return x / torch.where(norms == 0, torch.ones_like(norms), norms)
+
+
 def python_round(x: float) -> int:
     """Python's round (half to even), the rounding the official codes use.
 

@@ -56,21 +56,16 @@ from methods.base import (
     Reducer,
     VideoTokens,
     append_newline,
+    l2_normalize,
 )
 from methods.registry import register
 
 DEFAULT_RETAIN = 0.1
 
 
-def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows divided by their L2 norm, as the official code does; zero rows stay zero (no NaN)."""
-    norms = x.norm(dim=-1, keepdim=True)
-    return x / torch.where(norms == 0, torch.ones_like(norms), norms)
-
-
 def cosine_similarity_matrix(x: torch.Tensor) -> torch.Tensor:
     """Pairwise cosine similarity of the rows of [N, D] (or per batch of [B, N, D]): one matmul."""
-    xn = normalize_rows(x)
+    xn = l2_normalize(x)
     if xn.ndim == 2:
         return torch.mm(xn, xn.t())
     return torch.bmm(xn, xn.transpose(1, 2))

@@ -19,8 +19,6 @@ The span includes LLaVA-OV's video newline token, which can be pruned like visua
 
 from __future__ import annotations
 
-import torch
-
 from methods.base import STAGE_IN_LLM, BudgetError, InLLMDecision, LayerView, MethodError, ParamSpec, Reducer
 from methods.registry import register
 

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from methods.base import l2_normalize
+
 SEED_EPS = 1e-6
 FRESH_SUMS_FRACTION = 8  # recompute the sums when more than 1/8 of the labels changed
 ELBOW_RULES = ("elbow", "elbow_official")
@@ -79,12 +81,6 @@ class AdaptiveFit:
     candidates: list[int]
     distortions: list[float]
     fits: list[KMeansFit] = field(repr=False)
-
-
-def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    """Rows divided by their L2 norm; zero rows stay zero instead of becoming NaN."""
-    norms = x.norm(dim=-1, keepdim=True)
-    return x / torch.where(norms == 0, torch.ones_like(norms), norms)
 
 
 def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

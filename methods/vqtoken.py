@@ -85,13 +85,13 @@ from methods.base import (
     Reducer,
     VideoTokens,
     append_newline,
+    l2_normalize,
 )
 from methods.kmeans import (
     ELBOW_RULES,
     adaptive_kmeans,
     cluster_means,
     kmeans,
-    l2_normalize,
     seeded_generator,
 )
 from methods.registry import register

@@ -83,7 +83,6 @@ def test_third_party_entry_point(monkeypatch):
 
     monkeypatch.setattr(registry, "_entry_points_loaded", False)
     monkeypatch.setattr(registry, "entry_points", lambda group: [EntryPoint()] if group == registry.ENTRY_POINT_GROUP else [])
-    monkeypatch.setitem(registry._REGISTRY, "__sentinel__", Plugin)  # restored by monkeypatch
     try:
         assert registry.get_method("thirdparty") is Plugin
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.base import BudgetError, MethodError, VideoTokens
+from methods.base import BudgetError, MethodError, VideoTokens, l2_normalize
 from methods.kmeans import (
     adaptive_kmeans,
     cluster_means,
@@ -14,7 +14,6 @@ from methods.kmeans import (
     kmeans,
     kmeans_pp_init,
     kmeans_sweep,
-    l2_normalize,
     seeded_generator,
 )
 from methods.registry import build_reducer

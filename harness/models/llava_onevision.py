@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -237,8 +238,6 @@ class LlavaOnevisionAdapter:
 
 
 def _is_local_dir(path: str) -> bool:
-    from pathlib import Path
-
     return Path(path).is_dir()
 
 

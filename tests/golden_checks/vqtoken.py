@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
+from methods.base import l2_normalize
 from methods.kmeans import (
     adaptive_kmeans,
     elbow_official,
     kmeans,
-    l2_normalize,
     official_elbow_index,
 )
 
