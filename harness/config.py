@@ -2,7 +2,9 @@
 
 A typo'd key is an error naming the key and the keys allowed there. Cells are expanded as
 models x tasks x (methods x budgets), with the ``full`` baseline first for every model and
-task (it is added if the config omits it: every delta is against it).
+task (it is added if the config omits it: every delta is against it). A method entry with
+``models: [name, ...]`` runs on those models only (e.g. a method that needs its own fine-tuned
+checkpoint).
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ TOP_KEYS = {
     "dtype": "auto, float32, bfloat16 or float16",
     "max_new_tokens": "cap on generated tokens per answer",
     "flops_samples": "samples per cell whose prefill fvcore measures (0 = none)",
-    "methods": "list of {method, params, budgets}",
+    "methods": "list of {method, params, budgets, models}",
 }
 MODEL_KEYS = {"name", "pretrained"}
-METHOD_KEYS = {"method", "params", "budgets"}
+METHOD_KEYS = {"method", "params", "budgets", "models"}
 BUDGET_KEYS = {"retain", "tokens"}
 
 
@@ -101,7 +103,7 @@ class SweepConfig:
             for task in self.tasks:
                 cells.append(Cell(model, task, "full"))
                 for entry in self.methods:
-                    if entry["method"] == "full":
+                    if entry["method"] == "full" or model.name not in entry.get("models", [model.name]):
                         continue
                     params = tuple(sorted((k, v) for k, v in (entry.get("params") or {}).items()))
                     for budget in entry.get("budgets") or [{}]:
@@ -134,6 +136,10 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> SweepConfig:
         _check_keys(f"methods[{index}]", entry, METHOD_KEYS)
         if "method" not in entry:
             raise ConfigError(f"methods[{index}] needs a 'method' name")
+        names = {m.name for m in models}
+        unknown = [name for name in entry.get("models", []) if name not in names]
+        if unknown:
+            raise ConfigError(f"methods[{index}].models names {unknown[0]!r}, not a model of this config")
         for b_index, budget in enumerate(entry.get("budgets") or []):
             _check_keys(f"methods[{index}].budgets[{b_index}]", budget, BUDGET_KEYS)
         methods.append(entry)

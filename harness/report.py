@@ -5,6 +5,10 @@ the per-sample logs, on the samples both runs answered without error:
 ``delta_vs_full`` (accuracy difference), ``agreement_with_full`` (share of identical
 answers) and ``p_value_vs_full`` (exact McNemar test on paired correctness).
 ``tokdense`` = accuracy in percentage points / visual tokens entering the LLM (VQToken).
+``reduce_share_of_saved_prefill`` = the method's reduction time / the prefill time it saves
+against ``full`` (``reduce_ms / (full prefill_ms - prefill_ms)``): below 1 the method pays for
+itself; empty when it saves no prefill time. In-LLM selection (FastV, HoliTom's inner stage)
+runs inside the prefill, so its time is already netted out of the saving.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ COLUMNS = [
     "tokdense", "errors", "seed", "versions",
 ]
 EXTRA_COLUMNS = [
-    "p_value_vs_full", "accuracy_lmms_eval", "metric", "accuracy_by_group", "method_info",
+    "p_value_vs_full", "reduce_share_of_saved_prefill", "accuracy_lmms_eval", "metric", "accuracy_by_group", "method_info",
     "positions", "frames", "prompt_key", "status", "first_error", "cell_id",
 ]
 MARKDOWN_COLUMNS = [
     "method", "budget", "n", "accuracy", "delta_vs_full", "agreement_with_full", "p_value_vs_full",
     "visual_tokens", "visual_tokens_layer_avg", "tflops_measured", "tflops_paper", "reduce_ms",
-    "prefill_ms", "tokdense", "errors",
+    "prefill_ms", "reduce_share_of_saved_prefill", "tokdense", "errors",
 ]
 
 
@@ -59,6 +63,14 @@ def compare(method: dict[Any, dict], full: dict[Any, dict]) -> dict[str, float |
     return {"delta_vs_full": delta, "agreement_with_full": agree, "p_value_vs_full": p_value}
 
 
+def reduce_share(row: dict[str, Any], full: dict[str, Any]) -> float | None:
+    """Reduction time / prefill time saved against ``full``; None when nothing is saved."""
+    reduce_ms, prefill_ms, full_ms = row.get("reduce_ms"), row.get("prefill_ms"), full.get("prefill_ms")
+    if row["method"] == "full" or None in (reduce_ms, prefill_ms, full_ms) or full_ms <= prefill_ms:
+        return None
+    return reduce_ms / (full_ms - prefill_ms)
+
+
 def _norm(answer: str | None) -> str:
     return (answer or "").strip().lower()
 
@@ -70,11 +82,12 @@ def build_table(config: SweepConfig) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS + EXTRA_COLUMNS)
     order = {cell.cell_id: i for i, cell in enumerate(config.cells())}
     rows.sort(key=lambda r: order.get(r["cell_id"], len(order)))
-    full_ids = {(r["model"], r["task"]): r["cell_id"] for r in rows if r["method"] == "full" and r.get("status") == "ok"}
+    full_rows = {(r["model"], r["task"]): r for r in rows if r["method"] == "full" and r.get("status") == "ok"}
     for row in rows:
-        baseline = full_ids.get((row["model"], row["task"]))
+        baseline = full_rows.get((row["model"], row["task"]))
         if row.get("status") == "ok" and baseline:
-            row.update(compare(load_samples(results_dir, row["cell_id"]), load_samples(results_dir, baseline)))
+            row.update(compare(load_samples(results_dir, row["cell_id"]), load_samples(results_dir, baseline["cell_id"])))
+            row["reduce_share_of_saved_prefill"] = reduce_share(row, baseline)
         accuracy, tokens = row.get("accuracy"), row.get("visual_tokens")
         row["tokdense"] = 100.0 * accuracy / tokens if accuracy is not None and tokens else None
     table = pd.DataFrame(rows)

@@ -288,6 +288,10 @@ class _VQTokenBase(Reducer):
         single = kmeans(x_unit, ks[0], max_iter=v["max_iter"], tol=v["tol"], generator=generator)
         return ks[0], single.labels, cluster_means(x_unit, single.labels, ks[0])
 
+    def attach_attention(self, module: VQAttention) -> None:
+        """Use ``module`` (e.g. one being trained) instead of loading weights from the checkpoint."""
+        self._attention = (module, False)
+
     def _attention_module(self, video: VideoTokens, dim: int, grid_tokens: int) -> tuple[VQAttention, bool]:
         """The VQ-Attention for this model (cached), and whether its weights are random."""
         if self._attention is not None and (self._attention[0].dim, self._attention[0].grid_tokens) == (
@@ -323,7 +327,7 @@ class _VQTokenBase(Reducer):
         module, random_weights = self._attention_module(video, codebook.shape[1], index_map.shape[1])
         info["random_weights"] = random_weights
         module = module.to(codebook.device)
-        with torch.no_grad():
+        with torch.set_grad_enabled(module.training and torch.is_grad_enabled()):
             return module(index_map.float(), codebook)
 
     def reduce_visual(self, video: VideoTokens) -> ReducedTokens:
@@ -335,8 +339,10 @@ class _VQTokenBase(Reducer):
         cap = self._budget_cap(video.grid_token_count)
         ks, adaptive = self._candidates(cap, int(x.shape[0]))
         x_unit = l2_normalize(x)
-        k, labels, codebook = self._cluster(x_unit, ks, adaptive)
+        k, labels, codebook = self._cluster(x_unit.detach(), ks, adaptive)
         labels, codebook = drop_empty_clusters(labels, codebook)
+        if x_unit.requires_grad:  # training: the assignment is fixed, the means carry gradients
+            codebook = cluster_means(x_unit, labels, codebook.shape[0])
         v = self.values
         info: dict[str, Any] = {
             "k": k,

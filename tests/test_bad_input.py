@@ -76,6 +76,16 @@ def test_config_typo_is_named(tmp_path):
         parse_config(raw, tmp_path)
 
 
+def test_method_restricted_to_an_unknown_model_is_named(tmp_path):
+    models = [{"name": "base", "pretrained": "p"}, {"name": "tuned", "pretrained": "q"}]
+    raw = {"name": "x", "models": models, "tasks": ["t"], "methods": [{"method": "vqtoken", "models": ["tunde"]}]}
+    with pytest.raises(ConfigError, match="methods\\[0\\].models names 'tunde'"):
+        parse_config(raw, tmp_path)
+    raw["methods"][0]["models"] = ["tuned"]
+    cells = parse_config(raw, tmp_path).cells()
+    assert [(c.model.name, c.method) for c in cells] == [("base", "full"), ("tuned", "full"), ("tuned", "vqtoken")]
+
+
 def test_cli_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["flops", "--model", "llava-ov-7b", "--method", "uniform_pool", "--param", "tokens=0"])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.config import parse_config
-from harness.report import COLUMNS
+from harness.report import COLUMNS, reduce_share
 from harness.sweep import run_sweep
 
 CONFIG = {
@@ -98,3 +98,11 @@ def test_lmms_eval_resolves_the_plugin():
     from lmms_eval.models import get_model
 
     assert get_model("tokbench").__name__ == "TokbenchLMM"
+
+
+def test_reduce_share_of_saved_prefill():
+    full = {"method": "full", "prefill_ms": 100.0, "reduce_ms": 0.0}
+    assert reduce_share({"method": "divprune", "reduce_ms": 5.0, "prefill_ms": 60.0}, full) == 5.0 / 40.0
+    assert reduce_share({"method": "fastv", "reduce_ms": 0.1, "prefill_ms": 120.0}, full) is None  # saves nothing
+    assert reduce_share(full, full) is None
+    assert reduce_share({"method": "uniform_pool", "reduce_ms": None, "prefill_ms": 50.0}, full) is None

@@ -5,13 +5,16 @@ processor, chat template) that ``LlavaOnevisionForConditionalGeneration.from_pre
 and ``AutoProcessor.from_pretrained`` load like a hub checkpoint. Tests use it with random
 weights; the embedded default trains one (``harness/train_tiny.py``).
 
-The tokenizer is byte-level (every byte is a token, no merges) plus the special tokens of
-LLaVA-OV's Qwen2 tokenizer, so any prompt can be encoded without a trained vocabulary. The
-chat template is Qwen2's, as the real checkpoints' tokenizer uses.
+The tokenizer is byte-level BPE with the special tokens of LLaVA-OV's Qwen2 tokenizer. Without a
+corpus it has no merges (every byte is a token), so any prompt can be encoded without a trained
+vocabulary; given a corpus (the trainer passes SynthVQA prompts) it learns merges so that the
+task's words are single tokens. Either way every byte stays encodable. The chat template is
+Qwen2's, as the real checkpoints' tokenizer uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,15 +50,25 @@ class TinySpec:
     seed: int = 0
 
 
-def build_tokenizer():
-    """A byte-level tokenizer with Qwen2's special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512):
+    """A byte-level BPE tokenizer with Qwen2's special tokens and chat template.
+
+    With no ``corpus`` it has no merges; with one, merges are learned from it (up to
+    ``vocab_size`` entries, the 256 byte symbols included).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if corpus is None:
+        vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+        core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    else:
+        core = Tokenizer(models.BPE())
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, show_progress=False)
+        core.train_from_iterator(corpus, trainer)
     core.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
@@ -122,19 +135,29 @@ def build_processor(spec: TinySpec, tokenizer):
     )
 
 
-def build_tiny_llava_onevision(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
-    """Write a randomly initialised (seeded) small LLaVA-OneVision checkpoint to ``out_dir``."""
+def build_model(spec: TinySpec, tokenizer):
+    """A randomly initialised (seeded by ``spec.seed``) small LLaVA-OneVision for ``tokenizer``."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
     config = build_config(spec, tokenizer)
     torch.manual_seed(spec.seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
+    return model
+
+
+def save_checkpoint(out_dir: str | Path, spec: TinySpec, model, tokenizer) -> Path:
+    """Write model, processor and tokenizer to ``out_dir`` as a Hugging Face folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     build_processor(spec, tokenizer).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_tiny_llava_onevision(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
+    """Write a randomly initialised (seeded) small LLaVA-OneVision checkpoint to ``out_dir``."""
+    tokenizer = build_tokenizer()
+    return save_checkpoint(out_dir, spec, build_model(spec, tokenizer), tokenizer)

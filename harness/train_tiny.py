@@ -1,0 +1,293 @@
+"""Train the embedded default model: a small LLaVA-OneVision on SynthVQA train, on CPU.
+
+``python -m harness.train_tiny --out checkpoints/tiny-llava-ov-synthvqa`` builds the model
+(``harness.models.tiny``: SigLIP-style tower, 2x2-pooled 7x7 grid per frame, Qwen2-style
+decoder, a byte-level BPE tokenizer whose merges are learned from SynthVQA prompts), trains
+every weight from scratch on freshly rendered SynthVQA train samples (never the val or test
+seeds) and writes a Hugging Face checkpoint plus ``training.json`` (settings, seed, wall time,
+loss and validation accuracy along the way).
+
+The prompt is exactly the one evaluation builds (lmms-eval's ``doc_to_text`` and llava_hf's
+chat template, see ``LlavaOnevisionAdapter.build_prompt``), and pixels go through the
+checkpoint's own video processor. The video comes before the question, so the system prompt
+plus the video tokens are a prefix shared by every question about that video: each step runs
+that prefix once per video and then ``permutations`` copies of the question (the same options
+with the correct one moved to each letter in turn) on the prefix's key/value cache. The loss
+is cross-entropy on the answer letter and the end-of-turn token. With ``--open-ended 1``
+(default) each video also gets the question without options, answered with the correct
+option's text: from scratch, the letter alone gives no signal until the model both sees the
+answer and links it to its letter (training sat at chance for 450 steps without it), whereas
+naming what it sees is learnable directly. Validation renders the val
+split's samples in memory and scores the greedy first token, as ``full`` would answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.models.tiny import (
+    TinySpec,
+    build_model,
+    build_processor,
+    build_tokenizer,
+    save_checkpoint,
+)
+from tasks.synthvqa.generate import FAMILIES, LETTERS, Sample, render_spec, sample_specs
+from tasks.synthvqa.utils import synthvqa_doc_to_text
+
+VIDEO_TOKEN = "<video>"
+POST_PROMPT = "Answer with the option's letter from the given choices directly."
+OPEN_POST_PROMPT = "Answer with one word."
+DEFAULT_SPEC = TinySpec(vision_layers=3)
+
+
+def chat_prompt(tokenizer, question: str, options: Sequence[str]) -> str:
+    """The prompt evaluation builds for this question (lmms-eval text, llava_hf chat template)."""
+    context = synthvqa_doc_to_text({"question": question, "options": list(options)}, {"post_prompt": POST_PROMPT})
+    messages = [{"role": "user", "content": f"{VIDEO_TOKEN}\n{context}"}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def open_prompt(tokenizer, question: str) -> str:
+    """The auxiliary open-ended form of a question: no options, answered with the option's text."""
+    messages = [{"role": "user", "content": f"{VIDEO_TOKEN}\n{question}\n{OPEN_POST_PROMPT}"}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def correct_option(sample: Sample) -> str:
+    return sample.options[LETTERS.index(sample.answer)]
+
+
+def tokenizer_corpus(count: int = 1200) -> list[str]:
+    """Prompts and answers of the first ``count`` train samples: the text the BPE merges come from."""
+    probe = build_tokenizer()
+    texts = []
+    for spec in sample_specs("train", count):
+        sample = render_spec(spec)
+        texts.append(chat_prompt(probe, sample.question, sample.options) + sample.answer)
+        texts.append(open_prompt(probe, sample.question) + correct_option(sample))
+    return texts
+
+
+class PromptCodec:
+    """Splits each prompt into the shared prefix (system + video tokens) and a per-question suffix."""
+
+    def __init__(self, tokenizer, processor, num_frames: int):
+        self.tokenizer = tokenizer
+        self.video_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+        self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.letter_ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
+        probe = chat_prompt(tokenizer, "?", ["a", "b", "c", "d"])
+        dummy = np.zeros((num_frames, processor.video_processor.size["height"], processor.video_processor.size["width"], 3), np.uint8)
+        expanded = processor(text=[probe], videos=[dummy], return_tensors="pt")["input_ids"][0].tolist()
+        self.num_video_tokens = expanded.count(self.video_id)
+        ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        cut = ids.index(self.video_id)
+        self.prefix = ids[:cut] + [self.video_id] * self.num_video_tokens
+
+    def _after_video(self, prompt: str) -> list[int]:
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if ids[: len(self.prefix) - self.num_video_tokens + 1] != self.prefix[: len(self.prefix) - self.num_video_tokens + 1]:
+            raise RuntimeError("the prompt's prefix differs between questions; cannot share it")
+        return ids[ids.index(self.video_id) + 1 :]
+
+    def suffix(self, question: str, options: Sequence[str], answer: str) -> tuple[list[int], int]:
+        """Token ids after the video (question, options, assistant header, letter, end of turn)
+        and how many of them at the end are targets (2: the letter and end of turn)."""
+        ids = self._after_video(chat_prompt(self.tokenizer, question, options))
+        return ids + [self.letter_ids[LETTERS.index(answer)], self.end_id], 2
+
+    def open_suffix(self, question: str, answer_text: str) -> tuple[list[int], int]:
+        """The open-ended form: question, assistant header, the answer's text, end of turn."""
+        answer = self.tokenizer(answer_text, add_special_tokens=False)["input_ids"] + [self.end_id]
+        return self._after_video(open_prompt(self.tokenizer, question)) + answer, len(answer)
+
+
+def permuted_questions(sample: Sample, copies: int, rng: np.random.Generator) -> list[tuple[list[str], str]]:
+    """``copies`` option orders of a sample, the correct option moved to a different letter each time."""
+    correct = sample.options[LETTERS.index(sample.answer)]
+    distractors = [o for o in sample.options if o != correct]
+    slots = rng.permutation(len(LETTERS))[:copies]
+    out = []
+    for slot in slots:
+        options = [distractors[int(i)] for i in rng.permutation(len(distractors))]
+        options.insert(int(slot), correct)
+        out.append((options, LETTERS[int(slot)]))
+    return out
+
+
+def target_logits(
+    model, codec: PromptCodec, pixels: torch.Tensor, suffixes: list[tuple[list[int], int]], copies: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, V] at every position that predicts a target token, and those targets [N].
+
+    ``pixels`` is [B, T, C, H, W]; suffix ``i`` (ids, number of trailing targets) belongs to
+    video ``i // copies``. Targets come suffix by suffix, in order.
+    """
+    batch = pixels.shape[0]
+    prefix = torch.tensor(codec.prefix).expand(batch, -1)
+    cache = model.model(input_ids=prefix, pixel_values_videos=pixels, use_cache=True).past_key_values
+    if copies > 1:
+        cache.batch_repeat_interleave(copies)
+    width = max(len(ids) for ids, _ in suffixes)
+    batch_ids = torch.full((len(suffixes), width), codec.tokenizer.pad_token_id)
+    rows, columns, targets = [], [], []
+    for row, (ids, n_targets) in enumerate(suffixes):
+        batch_ids[row, : len(ids)] = torch.tensor(ids)
+        for position in range(len(ids) - n_targets, len(ids)):  # predicted from the position before
+            rows.append(row)
+            columns.append(position - 1)
+            targets.append(ids[position])
+    hidden = model.model.language_model(input_ids=batch_ids, past_key_values=cache, use_cache=False).last_hidden_state
+    return model.lm_head(hidden[torch.tensor(rows), torch.tensor(columns)]), torch.tensor(targets)
+
+
+def video_pixels(processor, samples: Sequence[Sample]) -> torch.Tensor:
+    return processor.video_processor(videos=[s.frames for s in samples], return_tensors="pt")["pixel_values_videos"]
+
+
+@torch.no_grad()
+def evaluate(model, processor, codec: PromptCodec, samples: Sequence[Sample], batch: int = 8) -> dict[str, float]:
+    """Greedy first-token accuracy on ``samples`` (their own option order), overall and per family."""
+    model.eval()
+    hits: dict[str, list[float]] = {family: [] for family in FAMILIES}
+    for start in range(0, len(samples), batch):
+        chunk = samples[start : start + batch]
+        suffixes = [codec.suffix(s.question, s.options, s.answer) for s in chunk]
+        logits, targets = target_logits(model, codec, video_pixels(processor, chunk), suffixes, 1)
+        letters = logits[0::2].argmax(-1) == targets[0::2]  # two targets per suffix: letter, end of turn
+        for sample, hit in zip(chunk, letters.tolist(), strict=True):
+            hits[sample.family].append(float(hit))
+    model.train()
+    scores = {f"acc_{family}": sum(h) / len(h) for family, h in hits.items() if h}
+    scores["accuracy"] = sum(sum(h) for h in hits.values()) / len(samples)
+    return scores
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
+    """Train a model of geometry ``spec`` as ``args`` say; write it to ``args.out``."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    tokenizer = build_tokenizer(tokenizer_corpus(args.tokenizer_samples))
+    processor = build_processor(spec, tokenizer)
+    model = build_model(spec, tokenizer).train()
+    codec = PromptCodec(tokenizer, processor, args.frames)
+    val = [render_spec(s, args.frames) for s in sample_specs("val", args.val_count)]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98),
+    )
+    specs = sample_specs("train", args.steps * args.batch)
+    log: list[dict] = []
+    started = time.time()
+    running = 0.0
+    for step in range(args.steps):
+        samples = [render_spec(next(specs), args.frames) for _ in range(args.batch)]
+        suffixes = []
+        for sample in samples:
+            for options, answer in permuted_questions(sample, args.permutations, rng):
+                suffixes.append(codec.suffix(sample.question, options, answer))
+            if args.open_ended:
+                suffixes.append(codec.open_suffix(sample.question, correct_option(sample)))
+        copies = args.permutations + int(args.open_ended)
+        logits, targets = target_logits(model, codec, video_pixels(processor, samples), suffixes, copies)
+        loss = F.cross_entropy(logits, targets)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
+        done = step + 1
+        if done % args.log_every == 0 or done == args.steps:
+            entry = {"step": done, "loss": round(running, 4), "minutes": round((time.time() - started) / 60, 2)}
+            if done % args.eval_every == 0 or done == args.steps:
+                entry["val"] = {k: round(v, 4) for k, v in evaluate(model, processor, codec, val).items()}
+                save_checkpoint(args.out, spec, model.eval(), tokenizer)
+                model.train()
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+    model.eval()
+    save_checkpoint(args.out, spec, model, tokenizer)
+    summary = {
+        "command": "python -m harness.train_tiny " + " ".join(args.argv),
+        "spec": asdict(spec),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "argv")},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_samples": args.steps * args.batch,
+        "minutes": round((time.time() - started) / 60, 1),
+        "final_val": log[-1].get("val"),
+        "log": log,
+    }
+    (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return Path(args.out)
+
+
+def add_loop_args(parser: argparse.ArgumentParser, log_every: int, eval_every: int, val_count: int) -> None:
+    """Options both training entry points share: option permutations, frames, logging, seed."""
+    parser.add_argument("--permutations", type=int, default=4, help="option orders per video (1-4)")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--val-count", type=int, default=val_count, help="val samples scored at each evaluation")
+    parser.add_argument("--log-every", type=int, default=log_every)
+    parser.add_argument("--eval-every", type=int, default=eval_every)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def finish_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, check the shared options, and keep the command line for ``training.json``."""
+    args = parser.parse_args(argv)
+    if not 1 <= args.permutations <= len(LETTERS):
+        parser.error(f"--permutations must be 1-{len(LETTERS)}")
+    if args.eval_every % args.log_every:
+        parser.error("--eval-every must be a multiple of --log-every")
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    return args
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train the small LLaVA-OneVision of the embedded default on SynthVQA.")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=8, help="videos per step")
+    parser.add_argument(
+        "--open-ended", type=int, choices=(0, 1), default=1,
+        help="1: also ask each question without options, answered with the option's text",
+    )
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--tokenizer-samples", type=int, default=1200, help="train prompts the BPE merges are learned from")
+    add_loop_args(parser, log_every=25, eval_every=250, val_count=120)
+    return finish_args(parser, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    print(train(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

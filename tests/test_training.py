@@ -1,0 +1,96 @@
+"""The training entry points: they see exactly the evaluation prompt, and they write checkpoints
+that the harness loads (the base model, and the VQ-Attention fine-tune that mode=attention reads)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from harness.models.llava_onevision import LlavaOnevisionAdapter
+from harness.models.tiny import (
+    build_model,
+    build_tokenizer,
+    save_checkpoint,
+)
+from harness.train_tiny import (
+    POST_PROMPT,
+    PromptCodec,
+    chat_prompt,
+    parse_args,
+    permuted_questions,
+    tokenizer_corpus,
+)
+from harness.train_tiny import train as train_tiny
+from harness.train_vq_attention import parse_args as parse_vq_args
+from harness.train_vq_attention import train as train_vq
+from methods.registry import build_reducer
+from methods.vqtoken import VQ_ATTENTION_FILE
+from tasks.synthvqa.generate import LETTERS, render_spec, sample_specs
+from tasks.synthvqa.utils import synthvqa_doc_to_text
+from tests.conftest import TEST_SPEC
+
+
+@pytest.fixture(scope="module")
+def bpe_checkpoint(tmp_path_factory):
+    tokenizer = build_tokenizer(tokenizer_corpus(48))
+    return save_checkpoint(tmp_path_factory.mktemp("bpe"), TEST_SPEC, build_model(TEST_SPEC, tokenizer), tokenizer)
+
+
+def test_training_prompt_is_the_evaluation_prompt(bpe_checkpoint):
+    adapter = LlavaOnevisionAdapter(str(bpe_checkpoint), device="cpu")
+    codec = PromptCodec(adapter.tokenizer, adapter.processor, num_frames=16)
+    sample = render_spec(next(sample_specs("test", 1)))
+    doc = {"question": sample.question, "options": sample.options}
+    context = synthvqa_doc_to_text(doc, {"pre_prompt": "", "post_prompt": POST_PROMPT})
+    prompt = adapter.build_prompt(context)
+    assert prompt == chat_prompt(adapter.tokenizer, sample.question, sample.options)
+    expanded = adapter.processor(text=[prompt], videos=[sample.frames], return_tensors="pt")["input_ids"][0].tolist()
+    suffix, n_targets = codec.suffix(sample.question, sample.options, sample.answer)
+    assert codec.prefix + suffix[:-n_targets] == expanded
+    assert adapter.tokenizer.decode(suffix[-n_targets:]) == f"{sample.answer}<|im_end|>"
+
+
+def test_option_permutations_move_the_correct_option_to_distinct_letters():
+    sample = render_spec(next(sample_specs("train", 1)))
+    correct = sample.options[LETTERS.index(sample.answer)]
+    questions = permuted_questions(sample, 4, np.random.default_rng(0))
+    assert sorted(answer for _, answer in questions) == list(LETTERS)
+    for options, answer in questions:
+        assert sorted(options) == sorted(sample.options)
+        assert options[LETTERS.index(answer)] == correct
+
+
+def test_train_tiny_writes_a_loadable_checkpoint_with_its_log(tmp_path):
+    out = tmp_path / "model"
+    args = parse_args(["--out", str(out), "--steps", "2", "--batch", "2", "--val-count", "6",
+                       "--log-every", "1", "--eval-every", "2", "--tokenizer-samples", "48"])
+    train_tiny(args, spec=TEST_SPEC)
+    log = json.loads((out / "training.json").read_text())
+    assert [entry["step"] for entry in log["log"]] == [1, 2]
+    assert set(log["final_val"]) >= {"accuracy", "acc_needle"}
+    adapter = LlavaOnevisionAdapter(str(out), device="cpu")
+    assert adapter.model.config.vision_config.image_size == TEST_SPEC.image_size
+
+
+def test_vq_attention_training_writes_what_mode_attention_loads(bpe_checkpoint, tmp_path):
+    out = tmp_path / "vq"
+    args = parse_vq_args(["--base", str(bpe_checkpoint), "--out", str(out), "--steps", "2", "--batch", "1",
+                          "--val-count", "6", "--log-every", "1", "--eval-every", "2", "--eval-k", "4",
+                          "--k-min", "3", "--k-max", "4", "--ffn", "32"])
+    train_vq(args)
+    assert (out / VQ_ATTENTION_FILE).is_file()
+    assert json.loads((out / "training.json").read_text())["final_val"]["accuracy"] >= 0
+    adapter = LlavaOnevisionAdapter(str(out), device="cpu")
+    base = LlavaOnevisionAdapter(str(bpe_checkpoint), device="cpu")
+    tuned = dict(adapter.model.named_parameters())
+    assert any(not torch.equal(p, tuned[name]) for name, p in base.model.named_parameters())  # --train all
+    sample = render_spec(next(sample_specs("val", 1)))
+    with torch.no_grad():
+        video = adapter.encode_video(adapter.pixel_values(sample.frames))
+        reduced = build_reducer("vqtoken", {"mode": "attention", "k": 4}).reduce_visual(video)
+    assert reduced.info["random_weights"] is False
+    assert reduced.count == max(16, 4) + 1  # max(T, K) rows + the newline
+    assert torch.isfinite(reduced.embeddings).all()
