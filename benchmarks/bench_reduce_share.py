@@ -28,10 +28,10 @@ import torch
 from harness.models.default import ensure_default_model
 from harness.models.llava_onevision import LlavaOnevisionAdapter
 from harness.runner import Runner
+from harness.train_tiny import POST_PROMPT
 from methods.registry import build_reducer
 from tasks.synthvqa.utils import DATA_DIR, synthvqa_doc_to_text
 
-POST_PROMPT = "Answer with the option's letter from the given choices directly."
 METHODS = {
     "uniform_pool": {"retain": 0.10},
     "divprune": {"retain": 0.10},

@@ -66,7 +66,7 @@ def compare(method: dict[Any, dict], full: dict[Any, dict]) -> dict[str, float |
 def reduce_share(row: dict[str, Any], full: dict[str, Any]) -> float | None:
     """Reduction time / prefill time saved against ``full``; None when nothing is saved."""
     reduce_ms, prefill_ms, full_ms = row.get("reduce_ms"), row.get("prefill_ms"), full.get("prefill_ms")
-    if row["method"] == "full" or None in (reduce_ms, prefill_ms, full_ms) or full_ms <= prefill_ms:
+    if None in (reduce_ms, prefill_ms, full_ms) or full_ms <= prefill_ms:
         return None
     return reduce_ms / (full_ms - prefill_ms)
 

@@ -93,14 +93,14 @@ class PromptCodec:
         expanded = processor(text=[probe], videos=[dummy], return_tensors="pt")["input_ids"][0].tolist()
         self.num_video_tokens = expanded.count(self.video_id)
         ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
-        cut = ids.index(self.video_id)
-        self.prefix = ids[:cut] + [self.video_id] * self.num_video_tokens
+        self.head = ids[: ids.index(self.video_id) + 1]  # system + user header + the <video> token
+        self.prefix = self.head[:-1] + [self.video_id] * self.num_video_tokens
 
     def _after_video(self, prompt: str) -> list[int]:
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if ids[: len(self.prefix) - self.num_video_tokens + 1] != self.prefix[: len(self.prefix) - self.num_video_tokens + 1]:
+        if ids[: len(self.head)] != self.head:
             raise RuntimeError("the prompt's prefix differs between questions; cannot share it")
-        return ids[ids.index(self.video_id) + 1 :]
+        return ids[len(self.head) :]
 
     def suffix(self, question: str, options: Sequence[str], answer: str) -> tuple[list[int], int]:
         """Token ids after the video (question, options, assistant header, letter, end of turn)
@@ -116,7 +116,7 @@ class PromptCodec:
 
 def permuted_questions(sample: Sample, copies: int, rng: np.random.Generator) -> list[tuple[list[str], str]]:
     """``copies`` option orders of a sample, the correct option moved to a different letter each time."""
-    correct = sample.options[LETTERS.index(sample.answer)]
+    correct = correct_option(sample)
     distractors = [o for o in sample.options if o != correct]
     slots = rng.permutation(len(LETTERS))[:copies]
     out = []
