@@ -22,7 +22,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from lmms_eval.evaluator import simple_evaluate
 
-from harness.models.default import ensure_default_model
+from harness.models.default import default_model
 from harness.sweep import task_manager
 
 TASKS = str(Path(__file__).resolve().parents[1] / "tasks")
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    checkpoint = ensure_default_model()
+    checkpoint = default_model()
     runs = {
         "tokbench": ("tokbench", f"pretrained={checkpoint},method=full,max_frames_num={args.frames},device=cpu"),
         "llava_hf": ("llava_hf", f"pretrained={checkpoint},max_frames_num={args.frames},device=cpu,device_map=cpu"),

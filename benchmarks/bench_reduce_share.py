@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from harness.models.default import ensure_default_model
+from harness.models.default import default_model
 from harness.models.llava_onevision import LlavaOnevisionAdapter
 from harness.runner import Runner
 from harness.train_tiny import POST_PROMPT
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    adapter = LlavaOnevisionAdapter(str(ensure_default_model()), device="cpu", dtype="float32")
+    adapter = LlavaOnevisionAdapter(str(default_model()), device="cpu", dtype="float32")
     runners = {name: Runner(adapter, build_reducer(name, params), args.frames) for name, params in METHODS.items()}
     full = Runner(adapter, build_reducer("full"), args.frames)
     samples = questions(args.videos)

@@ -21,6 +21,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from harness.config import SweepConfig
+from harness.groups import group_table, groups_markdown
 
 COLUMNS = [
     "model", "task", "method", "params", "budget", "n", "accuracy", "delta_vs_full",
@@ -97,15 +98,6 @@ def build_table(config: SweepConfig) -> pd.DataFrame:
     return table[COLUMNS + EXTRA_COLUMNS]
 
 
-def group_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per question family, one row per cell."""
-    records = []
-    for _, row in table.iterrows():
-        groups = json.loads(row["accuracy_by_group"]) if isinstance(row["accuracy_by_group"], str) else {}
-        records.append({"method": row["method"], "budget": row["budget"], "n": row["n"], **groups})
-    return pd.DataFrame(records)
-
-
 def markdown(table: pd.DataFrame) -> str:
     from tabulate import tabulate
 
@@ -141,12 +133,10 @@ def write_reports(config: SweepConfig) -> list[dict[str, Any]]:
     table = build_table(config)
     table.to_csv(out / "leaderboard.csv", index=False)
     (out / "leaderboard.md").write_text(markdown(table) + "\n")
-    groups = group_table(table)
+    groups = group_table(table, lambda cell_id: load_samples(out, cell_id))
     groups.to_csv(out / "groups.csv", index=False)
     if not groups.empty:
-        from tabulate import tabulate
-
-        (out / "groups.md").write_text(tabulate(groups, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f") + "\n")
+        (out / "groups.md").write_text(groups_markdown(groups))
     if not table.empty:
         plot(table, "visual_tokens", out / "accuracy_vs_tokens.png", "visual tokens entering the LLM")
         plot(table, "tflops_paper", out / "accuracy_vs_flops.png", "prefill TFLOPs (paper convention)")

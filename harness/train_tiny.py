@@ -43,6 +43,8 @@ from harness.models.tiny import (
     build_tokenizer,
     save_checkpoint,
 )
+from harness.train_curriculum import clip, stage_at, stages
+from harness.train_targets import AuxiliaryHeads, appearance_targets, patch_targets
 from tasks.synthvqa.generate import FAMILIES, LETTERS, Sample, render_spec, sample_specs
 from tasks.synthvqa.utils import synthvqa_doc_to_text
 
@@ -89,12 +91,21 @@ class PromptCodec:
         self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.letter_ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
         probe = chat_prompt(tokenizer, "?", ["a", "b", "c", "d"])
-        dummy = np.zeros((num_frames, processor.video_processor.size["height"], processor.video_processor.size["width"], 3), np.uint8)
+        dummy = np.zeros(
+            (
+                num_frames,
+                processor.video_processor.size["height"],
+                processor.video_processor.size["width"],
+                3,
+            ),
+            np.uint8,
+        )
         expanded = processor(text=[probe], videos=[dummy], return_tensors="pt")["input_ids"][0].tolist()
         self.num_video_tokens = expanded.count(self.video_id)
         ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
         self.head = ids[: ids.index(self.video_id) + 1]  # system + user header + the <video> token
         self.prefix = self.head[:-1] + [self.video_id] * self.num_video_tokens
+        self.video_start = len(self.head) - 1  # index of the first video token in the prefix
 
     def _after_video(self, prompt: str) -> list[int]:
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -128,16 +139,30 @@ def permuted_questions(sample: Sample, copies: int, rng: np.random.Generator) ->
 
 
 def target_logits(
-    model, codec: PromptCodec, pixels: torch.Tensor, suffixes: list[tuple[list[int], int]], copies: int
+    model,
+    codec: PromptCodec,
+    pixels: torch.Tensor,
+    suffixes: list[tuple[list[int], int]],
+    copies: int,
+    prefix_hidden: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, V] at every position that predicts a target token, and those targets [N].
 
     ``pixels`` is [B, T, C, H, W]; suffix ``i`` (ids, number of trailing targets) belongs to
-    video ``i // copies``. Targets come suffix by suffix, in order.
+    video ``i // copies``. Targets come suffix by suffix, in order. If ``prefix_hidden`` is a
+    list, the prefix's hidden states (embeddings, then every layer) are appended to it.
     """
     batch = pixels.shape[0]
     prefix = torch.tensor(codec.prefix).expand(batch, -1)
-    cache = model.model(input_ids=prefix, pixel_values_videos=pixels, use_cache=True).past_key_values
+    out = model.model(
+        input_ids=prefix,
+        pixel_values_videos=pixels,
+        use_cache=True,
+        output_hidden_states=prefix_hidden is not None,
+    )
+    if prefix_hidden is not None:
+        prefix_hidden.extend(out.hidden_states)
+    cache = out.past_key_values
     if copies > 1:
         cache.batch_repeat_interleave(copies)
     width = max(len(ids) for ids, _ in suffixes)
@@ -175,6 +200,22 @@ def evaluate(model, processor, codec: PromptCodec, samples: Sequence[Sample], ba
     return scores
 
 
+def auxiliary_loss(
+    heads: AuxiliaryHeads,
+    samples: Sequence[Sample],
+    spec: TinySpec,
+    codec: PromptCodec,
+    patch_tokens: torch.Tensor,
+    layer_hidden: torch.Tensor,
+) -> torch.Tensor:
+    """The intermediate supervision of ``harness.train_targets`` for one batch."""
+    patch_px = samples[0].layout.shape[1] * spec.patch_size // spec.image_size  # a patch, in rendered pixels
+    colour, shape = patch_targets(samples, patch_px)
+    onset, leader, motion = appearance_targets(samples, 2 * patch_px)  # LLaVA-OV pools 2x2 patches
+    video = layer_hidden[:, codec.video_start : codec.video_start + onset.shape[1]]
+    return heads.patch_loss(patch_tokens, colour, shape) + heads.token_loss(video, onset, leader, motion)
+
+
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 5% of the peak."""
     if step < warmup:
@@ -191,20 +232,34 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
     tokenizer = build_tokenizer(tokenizer_corpus(args.tokenizer_samples))
     processor = build_processor(spec, tokenizer)
     model = build_model(spec, tokenizer).train()
-    codec = PromptCodec(tokenizer, processor, args.frames)
+    plan = stages(args.steps, args.single_frame_steps, args.short_clip_steps, args.short_frames, args.frames)
+    codecs = {stage.frames: PromptCodec(tokenizer, processor, stage.frames) for stage in plan}
+    codecs.setdefault(args.frames, PromptCodec(tokenizer, processor, args.frames))
     val = [render_spec(s, args.frames) for s in sample_specs("val", args.val_count)]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.98),
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+        betas=(0.9, 0.98),
     )
-    specs = sample_specs("train", args.steps * args.batch)
+    heads = AuxiliaryHeads(spec.text_hidden) if args.aux_weight else None
+    if heads is not None:
+        optimizer.add_param_group({"params": list(heads.parameters()), "weight_decay": 0.0})
+    patch_tokens: list[torch.Tensor] = []
+    model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, out: patch_tokens.append(out))
+    specs = sample_specs("train", args.steps * args.batch * len(FAMILIES))
     log: list[dict] = []
     started = time.time()
-    running = 0.0
+    running = np.zeros(2)
     for step in range(args.steps):
-        samples = [render_spec(next(specs), args.frames) for _ in range(args.batch)]
+        stage = stage_at(plan, step)
+        codec = codecs[stage.frames]
+        picked = [next(s for s in specs if s.family in stage.families) for _ in range(args.batch)]
+        samples = [clip(render_spec(s, args.frames), stage.frames, rng) for s in picked]
         suffixes = []
         for sample in samples:
             for options, answer in permuted_questions(sample, args.permutations, rng):
@@ -212,20 +267,34 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
             if args.open_ended:
                 suffixes.append(codec.open_suffix(sample.question, correct_option(sample)))
         copies = args.permutations + int(args.open_ended)
-        logits, targets = target_logits(model, codec, video_pixels(processor, samples), suffixes, copies)
-        loss = F.cross_entropy(logits, targets)
+        patch_tokens.clear()
+        hidden: list[torch.Tensor] = []
+        logits, targets = target_logits(model, codec, video_pixels(processor, samples), suffixes, copies, hidden)
+        answer_loss = F.cross_entropy(logits, targets)
+        aux_loss = torch.zeros(())
+        if heads is not None:
+            aux_loss = auxiliary_loss(heads, samples, spec, codec, patch_tokens[0], hidden[args.aux_layer])
+        loss = answer_loss + args.aux_weight * aux_loss
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
+        losses = np.array([answer_loss.item(), aux_loss.item()])
+        running = losses if step == 0 else 0.95 * running + 0.05 * losses
         done = step + 1
         if done % args.log_every == 0 or done == args.steps:
-            entry = {"step": done, "loss": round(running, 4), "minutes": round((time.time() - started) / 60, 2)}
+            entry = {
+                "step": done,
+                "frames": stage.frames,
+                "loss": round(float(running[0]), 4),
+                "aux_loss": round(float(running[1]), 4),
+                "minutes": round((time.time() - started) / 60, 2),
+            }
             if done % args.eval_every == 0 or done == args.steps:
-                entry["val"] = {k: round(v, 4) for k, v in evaluate(model, processor, codec, val).items()}
+                scores = evaluate(model, processor, codecs[args.frames], val)
+                entry["val"] = {k: round(v, 4) for k, v in scores.items()}
                 save_checkpoint(args.out, spec, model.eval(), tokenizer)
                 model.train()
             log.append(entry)
@@ -235,6 +304,7 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
     summary = {
         "command": "python -m harness.train_tiny " + " ".join(args.argv),
         "spec": asdict(spec),
+        "curriculum": [asdict(stage) for stage in plan],
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "argv")},
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_samples": args.steps * args.batch,
@@ -250,7 +320,12 @@ def add_loop_args(parser: argparse.ArgumentParser, log_every: int, eval_every: i
     """Options both training entry points share: option permutations, frames, logging, seed."""
     parser.add_argument("--permutations", type=int, default=4, help="option orders per video (1-4)")
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--val-count", type=int, default=val_count, help="val samples scored at each evaluation")
+    parser.add_argument(
+        "--val-count",
+        type=int,
+        default=val_count,
+        help="val samples scored at each evaluation",
+    )
     parser.add_argument("--log-every", type=int, default=log_every)
     parser.add_argument("--eval-every", type=int, default=eval_every)
     parser.add_argument("--threads", type=int, default=2)
@@ -274,13 +349,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=8, help="videos per step")
     parser.add_argument(
-        "--open-ended", type=int, choices=(0, 1), default=1,
+        "--open-ended",
+        type=int,
+        choices=(0, 1),
+        default=1,
         help="1: also ask each question without options, answered with the option's text",
     )
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--aux-weight",
+        type=float,
+        default=1.0,
+        help="weight of the intermediate supervision (harness.train_targets); 0 turns it off",
+    )
+    parser.add_argument(
+        "--aux-layer",
+        type=int,
+        default=2,
+        help="language-model layer whose video tokens are supervised",
+    )
+    parser.add_argument(
+        "--single-frame-steps",
+        type=int,
+        default=300,
+        help="curriculum stage 1 (harness.train_curriculum): steps on single frames of static/small_object",
+    )
+    parser.add_argument(
+        "--short-clip-steps",
+        type=int,
+        default=600,
+        help="curriculum stage 2: steps on key-frame clips of every family but counting",
+    )
+    parser.add_argument("--short-frames", type=int, default=5, help="frames per clip in stage 2")
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--tokenizer-samples", type=int, default=1200, help="train prompts the BPE merges are learned from")
+    parser.add_argument(
+        "--tokenizer-samples",
+        type=int,
+        default=1200,
+        help="train prompts the BPE merges are learned from",
+    )
     add_loop_args(parser, log_every=25, eval_every=250, val_count=120)
     return finish_args(parser, argv)
 

@@ -65,11 +65,13 @@ def test_option_permutations_move_the_correct_option_to_distinct_letters():
 
 def test_train_tiny_writes_a_loadable_checkpoint_with_its_log(tmp_path):
     out = tmp_path / "model"
-    args = parse_args(["--out", str(out), "--steps", "2", "--batch", "2", "--val-count", "6",
-                       "--log-every", "1", "--eval-every", "2", "--tokenizer-samples", "48"])
+    args = parse_args(["--out", str(out), "--steps", "3", "--single-frame-steps", "1", "--short-clip-steps", "1",
+                       "--batch", "2", "--val-count", "6", "--log-every", "1", "--eval-every", "3",
+                       "--tokenizer-samples", "48"])
     train_tiny(args, spec=TEST_SPEC)
     log = json.loads((out / "training.json").read_text())
-    assert [entry["step"] for entry in log["log"]] == [1, 2]
+    assert [(entry["step"], entry["frames"]) for entry in log["log"]] == [(1, 1), (2, 5), (3, 16)]
+    assert all(entry["aux_loss"] > 0 for entry in log["log"])
     assert set(log["final_val"]) >= {"accuracy", "acc_needle"}
     adapter = LlavaOnevisionAdapter(str(out), device="cpu")
     assert adapter.model.config.vision_config.image_size == TEST_SPEC.image_size

@@ -79,7 +79,10 @@ class SampleSpec:
 class Sample:
     """A rendered sample: frames [T, H, W, 3] uint8 and a question with 4 options (one correct).
 
-    ``evidence_frames`` are the frames in which the queried object is visible.
+    ``evidence_frames`` are the frames in which the queried object is visible. ``layout``
+    [T, H, W] uint8 says which object painted each pixel (0: background, ``i + 1``: object
+    ``i``, the queried one being object 0) and ``objects`` gives each object's (shape, colour):
+    ground truth a trainer can supervise intermediate features with.
     """
 
     seed: int
@@ -89,6 +92,8 @@ class Sample:
     options: list[str]
     answer: str
     evidence_frames: tuple[int, ...]
+    layout: np.ndarray
+    objects: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -284,15 +289,18 @@ def _background(rng: np.random.Generator, size: int, textured: bool) -> np.ndarr
     return np.clip(np.rint(image + luminance[..., None]), 0, 255).astype(np.uint8)
 
 
-def _render(sprites: Sequence[_Sprite], background: np.ndarray, num_frames: int) -> np.ndarray:
+def _render(sprites: Sequence[_Sprite], background: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames [T, H, W, 3] and the layout [T, H, W] (0 background, i + 1 where sprite i is painted)."""
     frames = np.repeat(background[None], num_frames, axis=0)
-    for sprite in sprites:
+    layout = np.zeros(frames.shape[:3], np.uint8)
+    for index, sprite in enumerate(sprites):
         mask = _shape_mask(sprite.shape, sprite.size)
         colour = np.array(COLOURS[sprite.colour], dtype=np.uint8)
         for t in np.flatnonzero(sprite.visible):
             y, x = (int(v) for v in sprite.positions[t])
             frames[t, y : y + sprite.size, x : x + sprite.size][mask] = colour
-    return frames
+            layout[t, y : y + sprite.size, x : x + sprite.size][mask] = index + 1
+    return frames, layout
 
 
 def _options(rng: np.random.Generator, scene: _Scene, answer_index: int) -> list[str]:
@@ -324,9 +332,11 @@ def render_sample(
     drawn = int(rng.integers(len(LETTERS)))
     slot = drawn if answer_index is None else answer_index
     scene = _SCENES[family](rng, num_frames, size)
-    frames = _render(scene.sprites, _background(rng, size, textured=family == "small_object"), num_frames)
+    frames, layout = _render(scene.sprites, _background(rng, size, textured=family == "small_object"), num_frames)
     evidence = tuple(int(t) for t in np.flatnonzero(scene.sprites[0].visible))
-    return Sample(seed, family, frames, scene.question, _options(rng, scene, slot), LETTERS[slot], evidence)
+    objects = tuple((sprite.shape, sprite.colour) for sprite in scene.sprites)
+    options = _options(rng, scene, slot)
+    return Sample(seed, family, frames, scene.question, options, LETTERS[slot], evidence, layout, objects)
 
 
 def sample_specs(split: str, count: int, seed: int | None = None) -> Iterator[SampleSpec]:

@@ -1,0 +1,130 @@
+"""Intermediate supervision for training the embedded default model (training only, never saved).
+
+From scratch, a single answer token per question is a weak signal for a model that must first
+learn to see: training sat at chance for hundreds of steps. SynthVQA knows what is where
+(``Sample.layout``), so the trainer also supervises two intermediate places with small linear
+heads that are thrown away afterwards:
+
+- every un-pooled patch token out of the projector predicts the share of its pixels that are
+  background or each colour, and background or each shape (soft cross-entropy), so the vision
+  tower learns colour, shape and coverage per patch;
+- every pooled video token, at a middle layer of the language model, predicts whether an object
+  in its cell appears at that frame (it was not visible in the previous frame) and whether the
+  token is the first such cell in raster order (one token per appearance event), and in which
+  direction the object covering it moves (or that it stays still): the temporal facts that the
+  order, counting, needle and motion questions are built on.
+
+The checkpoint is an ordinary LLaVA-OneVision; nothing here changes how it is evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tasks.synthvqa.generate import COLOURS, DIRECTIONS, SHAPES, Sample
+
+COLOUR_NAMES = tuple(COLOURS)
+MIN_CELL_PIXELS = 16  # an object counts as present in a pooled cell from this many pixels
+STILL = len(DIRECTIONS)  # motion class of an object that does not move
+MIN_TRAVEL = 4  # px of centroid travel from which an object counts as moving
+FIRST_MOTION_FRAME = 3  # earlier frames have too little history to tell a direction
+IGNORE = -100
+
+
+def _object_classes(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Colour and shape class per layout value (0 = background, then 1 + index in COLOURS / SHAPES)."""
+    colours = [0] + [1 + COLOUR_NAMES.index(colour) for _, colour in sample.objects]
+    shapes = [0] + [1 + SHAPES.index(shape) for shape, _ in sample.objects]
+    return np.array(colours), np.array(shapes)
+
+
+def _cell_shares(labels: np.ndarray, classes: int, cell: int) -> np.ndarray:
+    """[T, H, W] class labels -> [T, cells, classes]: the share of each class in each cell."""
+    frames, height, width = labels.shape
+    one_hot = np.eye(classes, dtype=np.float32)[labels]
+    grid = one_hot.reshape(frames, height // cell, cell, width // cell, cell, classes)
+    return grid.mean(axis=(2, 4)).reshape(frames, -1, classes)
+
+
+def patch_targets(samples: Sequence[Sample], patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft colour [B*T, P, 1+colours] and shape [B*T, P, 1+shapes] targets per patch token."""
+    colour_rows, shape_rows = [], []
+    for sample in samples:
+        colour_of, shape_of = _object_classes(sample)
+        colour_rows.append(_cell_shares(colour_of[sample.layout], 1 + len(COLOUR_NAMES), patch))
+        shape_rows.append(_cell_shares(shape_of[sample.layout], 1 + len(SHAPES), patch))
+    return torch.from_numpy(np.concatenate(colour_rows)), torch.from_numpy(np.concatenate(shape_rows))
+
+
+def _motion_class(layout: np.ndarray, value: int) -> int:
+    """Direction index (DIRECTIONS) of the object painted with ``value``, or STILL."""
+    frames = [np.argwhere(frame == value) for frame in layout]
+    seen = [f.mean(0) for f in frames if len(f)]
+    dy, dx = seen[-1] - seen[0]
+    if max(abs(dy), abs(dx)) < MIN_TRAVEL:
+        return STILL
+    if abs(dx) >= abs(dy):
+        return DIRECTIONS.index("right" if dx > 0 else "left")
+    return DIRECTIONS.index("down" if dy > 0 else "up")
+
+
+def appearance_targets(samples: Sequence[Sample], cell: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pooled video token [B, T*cells]: an object appears here at this frame (0/1); first such
+    cell (0/1); motion class of the object here (IGNORE on background and the first frames)."""
+    onset_rows, leader_rows, motion_rows = [], [], []
+    for sample in samples:
+        layout = sample.layout
+        frames = layout.shape[0]
+        objects = len(sample.objects)
+        pixels = np.stack([_cell_shares((layout == i + 1).astype(np.int64), 2, cell)[..., 1] for i in range(objects)])
+        present = pixels * cell * cell >= MIN_CELL_PIXELS  # [objects, T, cells]
+        visible = (layout.reshape(frames, -1)[None] == np.arange(1, objects + 1)[:, None, None]).any(-1)  # [objects, T]
+        appears = visible & ~np.concatenate([np.zeros((objects, 1), bool), visible[:, :-1]], axis=1)
+        onset = present & appears[:, :, None]
+        leader = onset & (np.cumsum(onset, axis=2) == 1)
+        motion = np.full(present.shape[1:], IGNORE)
+        for i in range(objects):
+            motion[present[i]] = _motion_class(layout, i + 1)
+        motion[:FIRST_MOTION_FRAME] = IGNORE
+        onset_rows.append(onset.any(0).reshape(-1))
+        leader_rows.append(leader.any(0).reshape(-1))
+        motion_rows.append(motion.reshape(-1))
+    onset, leader = (torch.from_numpy(np.stack(rows)).float() for rows in (onset_rows, leader_rows))
+    return onset, leader, torch.from_numpy(np.stack(motion_rows))
+
+
+class AuxiliaryHeads(torch.nn.Module):
+    """Linear read-outs of projected patch tokens (colour, shape) and of mid-LLM video tokens
+    (onset, first cell, motion); both live in the language model's width."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.colour = torch.nn.Linear(width, 1 + len(COLOUR_NAMES))
+        self.shape = torch.nn.Linear(width, 1 + len(SHAPES))
+        self.appearance = torch.nn.Linear(width, 2)
+        self.motion = torch.nn.Linear(width, len(DIRECTIONS) + 1)
+
+    def patch_loss(self, patch_tokens: torch.Tensor, colour: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        """Soft cross-entropy of colour and shape shares per patch token [B*T, P, D]."""
+        colour_loss = -(colour * F.log_softmax(self.colour(patch_tokens), -1)).sum(-1).mean()
+        shape_loss = -(shape * F.log_softmax(self.shape(patch_tokens), -1)).sum(-1).mean()
+        return colour_loss + shape_loss
+
+    def token_loss(
+        self, video_hidden: torch.Tensor, onset: torch.Tensor, leader: torch.Tensor, motion: torch.Tensor
+    ) -> torch.Tensor:
+        """Per video token [B, N, D]: binary cross-entropy of the onset and first-cell flags (the
+        rare positives up-weighted to balance the rest) plus cross-entropy of the motion class."""
+        flags = torch.stack([onset, leader], -1)
+        positives = flags.sum((0, 1))
+        balance = ((flags[..., 0].numel() - positives) / positives.clamp(min=1)).clamp(1, 100)
+        flag_loss = F.binary_cross_entropy_with_logits(self.appearance(video_hidden), flags, pos_weight=balance)
+        if not (motion != IGNORE).any():
+            return flag_loss
+        return flag_loss + F.cross_entropy(
+            self.motion(video_hidden).flatten(0, 1), motion.flatten(), ignore_index=IGNORE
+        )

@@ -1,0 +1,84 @@
+"""The trainer's intermediate supervision says what the SynthVQA questions are about."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harness.train_targets import IGNORE, STILL, AuxiliaryHeads, appearance_targets, patch_targets
+from tasks.synthvqa.generate import COLOURS, DIRECTIONS, LETTERS, render_sample
+
+SEEDS = range(5, 11)
+CELL = 16
+PATCH = 8
+
+
+def _answer_text(sample) -> str:
+    return sample.options[LETTERS.index(sample.answer)]
+
+
+def test_layout_marks_exactly_the_pixels_painted_with_each_objects_colour():
+    sample = render_sample(3, "order")
+    for index, (_shape, colour) in enumerate(sample.objects):
+        painted = sample.layout == index + 1
+        assert painted.any()
+        assert (sample.frames[painted] == np.array(COLOURS[colour], np.uint8)).all()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_one_first_cell_flag_per_flash(seed):
+    sample = render_sample(seed, "counting")
+    onset, leader, _ = appearance_targets([sample], CELL)
+    assert int(leader.sum()) == int(_answer_text(sample))
+    assert bool((onset >= leader).all())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_first_cells_of_an_order_scene_start_with_the_answer(seed):
+    sample = render_sample(seed, "order")
+    _, leader, _ = appearance_targets([sample], CELL)
+    cells = (sample.layout.shape[1] // CELL) ** 2
+    first_frame = int(leader[0].nonzero()[0]) // cells
+    colour_there = sample.layout[first_frame][sample.layout[first_frame] > 0]
+    assert sample.objects[int(colour_there[0]) - 1][1] == _answer_text(sample)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_motion_class_of_a_moving_object_is_its_direction(seed):
+    sample = render_sample(seed, "motion")
+    _, _, motion = appearance_targets([sample], CELL)
+    labelled = motion[motion != IGNORE]
+    assert len(labelled) > 0
+    assert set(labelled.tolist()) == {DIRECTIONS.index(_answer_text(sample))}
+
+
+def test_static_objects_are_still_and_background_is_ignored():
+    sample = render_sample(4, "static")
+    _, _, motion = appearance_targets([sample], CELL)
+    assert set(motion[motion != IGNORE].tolist()) == {STILL}
+    assert (motion == IGNORE).float().mean() > 0.5
+
+
+def test_patch_targets_are_shares_that_match_the_layout():
+    sample = render_sample(5, "static")
+    colour, shape = patch_targets([sample], PATCH)
+    frames, size = sample.layout.shape[:2]
+    assert colour.shape == (frames, (size // PATCH) ** 2, 1 + len(COLOURS))
+    assert torch.allclose(colour.sum(-1), torch.ones(())) and torch.allclose(shape.sum(-1), torch.ones(()))
+    object_share = float(1 - colour[..., 0].mean())
+    assert object_share == pytest.approx(float((sample.layout > 0).mean()), abs=1e-6)
+
+
+def test_auxiliary_losses_are_finite_and_reach_every_head():
+    torch.manual_seed(0)
+    samples = [render_sample(seed, family) for seed, family in [(1, "counting"), (2, "motion")]]
+    heads = AuxiliaryHeads(width=16)
+    colour, shape = patch_targets(samples, PATCH)
+    onset, leader, motion = appearance_targets(samples, CELL)
+    loss = heads.patch_loss(torch.randn(*colour.shape[:2], 16), colour, shape) + heads.token_loss(
+        torch.randn(*onset.shape, 16), onset, leader, motion
+    )
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.parameters())
