@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.train_targets import object_visibility
 from tasks.synthvqa.generate import FAMILIES, Sample
 
 SINGLE_FRAME_FAMILIES = ("static", "small_object")
@@ -67,7 +68,7 @@ def stage_at(plan: Sequence[Stage], step: int) -> Stage:
 def key_frames(sample: Sample) -> list[int]:
     """First and last frame, and every frame at which some object appears or disappears."""
     frames = sample.layout.shape[0]
-    visible = np.stack([(sample.layout == i + 1).any(axis=(1, 2)) for i in range(len(sample.objects))])
+    visible = object_visibility(sample)
     changes = np.flatnonzero((visible[:, 1:] != visible[:, :-1]).any(0)) + 1
     return sorted({0, frames - 1, *changes.tolist()})
 

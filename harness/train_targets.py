@@ -35,6 +35,12 @@ FIRST_MOTION_FRAME = 3  # earlier frames have too little history to tell a direc
 IGNORE = -100
 
 
+def object_visibility(sample: Sample) -> np.ndarray:
+    """[objects, T] bool: whether each object is painted anywhere in each frame."""
+    frames = sample.layout.reshape(sample.layout.shape[0], -1)
+    return (frames[None] == np.arange(1, len(sample.objects) + 1)[:, None, None]).any(-1)
+
+
 def _object_classes(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """Colour and shape class per layout value (0 = background, then 1 + index in COLOURS / SHAPES)."""
     colours = [0] + [1 + COLOUR_NAMES.index(colour) for _, colour in sample.objects]
@@ -78,11 +84,12 @@ def appearance_targets(samples: Sequence[Sample], cell: int) -> tuple[torch.Tens
     onset_rows, leader_rows, motion_rows = [], [], []
     for sample in samples:
         layout = sample.layout
-        frames = layout.shape[0]
         objects = len(sample.objects)
-        pixels = np.stack([_cell_shares((layout == i + 1).astype(np.int64), 2, cell)[..., 1] for i in range(objects)])
-        present = pixels * cell * cell >= MIN_CELL_PIXELS  # [objects, T, cells]
-        visible = (layout.reshape(frames, -1)[None] == np.arange(1, objects + 1)[:, None, None]).any(-1)  # [objects, T]
+        painted = layout[None] == np.arange(1, objects + 1)[:, None, None, None]  # [objects, T, H, W]
+        frames, height, width = layout.shape
+        cells = painted.reshape(objects, frames, height // cell, cell, width // cell, cell).sum(axis=(3, 5))
+        present = cells.reshape(objects, frames, -1) >= MIN_CELL_PIXELS  # [objects, T, cells]
+        visible = object_visibility(sample)
         appears = visible & ~np.concatenate([np.zeros((objects, 1), bool), visible[:, :-1]], axis=1)
         onset = present & appears[:, :, None]
         leader = onset & (np.cumsum(onset, axis=2) == 1)

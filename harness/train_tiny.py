@@ -249,8 +249,8 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
     heads = AuxiliaryHeads(spec.text_hidden) if args.aux_weight else None
     if heads is not None:
         optimizer.add_param_group({"params": list(heads.parameters()), "weight_decay": 0.0})
-    patch_tokens: list[torch.Tensor] = []
-    model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, out: patch_tokens.append(out))
+    patch_tokens: list[torch.Tensor] = []  # the projector's latest output (un-pooled patch tokens)
+    model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, out: patch_tokens.__setitem__(slice(None), [out]))
     specs = sample_specs("train", args.steps * args.batch * len(FAMILIES))
     log: list[dict] = []
     started = time.time()
@@ -267,7 +267,6 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
             if args.open_ended:
                 suffixes.append(codec.open_suffix(sample.question, correct_option(sample)))
         copies = args.permutations + int(args.open_ended)
-        patch_tokens.clear()
         hidden: list[torch.Tensor] = []
         logits, targets = target_logits(model, codec, video_pixels(processor, samples), suffixes, copies, hidden)
         answer_loss = F.cross_entropy(logits, targets)
