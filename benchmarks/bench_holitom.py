@@ -7,7 +7,12 @@ a loop of cumulative products per start frame for the window gains (55-67), a do
 loop with tensor scalars for the DP (69-98), a loop over windows for the split (278-311),
 ``isin`` plus a Python loop over clusters for the merge into centres (100-150), a mask plus
 ``masked_select`` for the attention selection (152-197), and ``F.normalize`` +
-``F.cosine_similarity`` for the frame similarity (377-380). Both sides draw the density noise
+``F.cosine_similarity`` for the frame similarity (377-380); and, for the inner stage at layer
+K (``holitom/modeling_qwen2.py`` 144-208), the per-token Python loop that averages each dropped
+token into its most similar kept token in place, one token at a time. The inner stage runs on
+the outer stage's output (the visual tokens the LLM receives stand in for the layer-K hidden
+states; the loop's cost does not depend on their values) with a seeded random attention
+score per token. Both sides draw the density noise
 from generators seeded alike, so their outputs must agree: the script asserts the same
 windows, token count and tokens (within 1e-6; it also reports whether they are bit-identical),
 then times the two alternately (so both see the same machine load) per stage and whole, prints
@@ -184,6 +189,24 @@ def loop_outer(
     return torch.cat(segments), windows
 
 
+def loop_inner(hidden: torch.Tensor, scores: torch.Tensor, prune_ratio: float) -> torch.Tensor:
+    """Kept visual tokens [B, n_keep, D] (ascending position) after the official per-token merge."""
+    hidden = hidden.clone()
+    length = hidden.shape[1]
+    top = scores.topk(round(length * (1 - prune_ratio))).indices
+    every = torch.arange(length)
+    others = every[~torch.isin(every, top)]
+    other_states, top_states = hidden[:, others, :], hidden[:, top, :]
+    dot = torch.bmm(other_states, top_states.transpose(1, 2))
+    sim = dot / (torch.norm(other_states, dim=-1, keepdim=True) * torch.norm(top_states, dim=-1, keepdim=True).transpose(1, 2))
+    best = torch.max(sim, dim=-1).indices
+    for b in range(hidden.shape[0]):
+        for i in range(len(others)):
+            into = top[best[b, i]]
+            hidden[b, into, :] = (hidden[b, into, :] + hidden[b, others[i], :]) / 2
+    return hidden[:, top.sort().values, :]
+
+
 # ---------------------------------------------------------------------------------------
 # Timing and comparison
 # ---------------------------------------------------------------------------------------
@@ -267,6 +290,11 @@ def run_case(dim: int, frames: int, retain: float, tau: float, max_window: int, 
         merged, _ = ht.merge_into_centres(static, centres, dist, 0.6)
         assert (merged - loop_merge_clusters(static, centres, dist, centres.shape[1], 0.6)).abs().max() <= 1e-6
 
+    hidden = result.tokens[None]
+    scores = torch.softmax(torch.randn(hidden.shape[1], generator=torch.Generator().manual_seed(seed)), dim=0)
+    inner_diff = float((ht.inner_merge(hidden, scores, 0.5).hidden - loop_inner(hidden, scores, 0.5)).abs().max())
+    assert inner_diff <= 1e-4 * float(hidden.abs().max()), f"inner merge differs by {inner_diff}"
+
     stages = [
         stage_row(
             "frame similarity", lambda: reference_similarity(features), lambda: ht.frame_similarity(features), repeats
@@ -289,6 +317,18 @@ def run_case(dim: int, frames: int, retain: float, tau: float, max_window: int, 
             lambda: ours(features, attention, retain, tau, max_window, seed),
             repeats,
         ),
+        stage_row(
+            "inner merge (r=0.5)",
+            lambda: loop_inner(hidden, scores, 0.5),
+            lambda: ht.inner_merge(hidden, scores, 0.5),
+            repeats,
+        ),
+        stage_row(
+            "outer + inner",
+            lambda: loop_inner(loop_outer(features, attention, retain, tau, max_window, seed)[0][None], scores, 0.5),
+            lambda: ht.inner_merge(ours(features, attention, retain, tau, max_window, seed).tokens[None], scores, 0.5),
+            repeats,
+        ),
     ]
     return {
         "dim": dim,
@@ -299,6 +339,7 @@ def run_case(dim: int, frames: int, retain: float, tau: float, max_window: int, 
         "clusters": sum(int(c.shape[1]) for _, c, _ in merges),
         "tokens": int(result.tokens.shape[0]),
         "max_abs_diff": max_diff,
+        "inner_max_abs_diff": inner_diff,
         "bit_identical": bool(torch.equal(result.tokens, reference)),
         "stages": stages,
     }

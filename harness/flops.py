@@ -107,11 +107,21 @@ def _sdpa_flop_handle(inputs, outputs):
     return math.prod(batch) * queries * keys * (head_dim + value_dim)
 
 
+def _mm_flop_handle(inputs, outputs):
+    """fvcore handle for ``aten::mm``, in MACs. fvcore's own asserts exactly two inputs, so an
+    ``out=`` matmul (k-means writes its distances into a preallocated buffer) would fail."""
+    from fvcore.nn.jit_handles import get_shape
+
+    (rows, inner), (_, columns) = (get_shape(value) for value in inputs[:2])
+    return rows * inner * columns
+
+
 def count_flops(module: torch.nn.Module, inputs: tuple) -> int:
     """fvcore FLOPs of ``module(*inputs)`` with SDPA counted; unsupported-op warnings muted."""
     from fvcore.nn import FlopCountAnalysis
 
     analysis = FlopCountAnalysis(module, inputs)
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_handle)
+    analysis.set_op_handle("aten::mm", _mm_flop_handle)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     return int(analysis.total())

@@ -98,10 +98,15 @@ def build_table(config: SweepConfig) -> pd.DataFrame:
     return table[COLUMNS + EXTRA_COLUMNS]
 
 
+def varying(table: pd.DataFrame) -> list[str]:
+    """``model`` and ``task`` where a sweep has more than one of them (they tell rows apart)."""
+    return [column for column in ("model", "task") if table[column].nunique() > 1]
+
+
 def markdown(table: pd.DataFrame) -> str:
     from tabulate import tabulate
 
-    shown = table[MARKDOWN_COLUMNS]
+    shown = table[varying(table) + MARKDOWN_COLUMNS]
     return tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g", missingval="—")
 
 
@@ -113,9 +118,11 @@ def plot(table: pd.DataFrame, x: str, path: Path, xlabel: str) -> None:
 
     ok = table[(table["status"] == "ok") & table[x].notna() & table["accuracy"].notna()]
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for method, group in ok.groupby("method", sort=False):
+    keys = varying(ok) + ["method"]
+    for key, group in ok.groupby(keys, sort=False):
         group = group.sort_values(x)
-        axis.plot(group[x], group["accuracy"], marker="o", label=method)
+        label = " / ".join(reversed(key))  # e.g. "full / tiny-llava-ov"
+        axis.plot(group[x], group["accuracy"], marker="o", label=label)
     axis.set_xscale("log")
     axis.set_xlabel(xlabel)
     axis.set_ylabel("accuracy")

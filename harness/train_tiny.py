@@ -216,6 +216,18 @@ def auxiliary_loss(
     return heads.patch_loss(patch_tokens, colour, shape) + heads.token_loss(video, onset, leader, motion)
 
 
+def load_start(checkpoint: Path) -> tuple[TinySpec, object, torch.nn.Module]:
+    """Geometry, tokenizer and weights of a checkpoint this script wrote, to train it further."""
+    from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+
+    record = checkpoint / "training.json"
+    if not record.is_file():
+        raise FileNotFoundError(f"{record} is missing: --init takes a checkpoint written by harness.train_tiny")
+    spec = TinySpec(**json.loads(record.read_text())["spec"])
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(checkpoint).train()
+    return spec, AutoTokenizer.from_pretrained(checkpoint), model
+
+
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 5% of the peak."""
     if step < warmup:
@@ -224,14 +236,39 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def write_record(args, spec: TinySpec, plan, model, log: list[dict], started: float) -> None:
+    """``training.json`` beside the weights: command, geometry, curriculum, settings, wall time and
+    the log up to the saved step (``completed_steps`` says how far the run had got)."""
+    summary = {
+        "command": "python -m harness.train_tiny " + " ".join(args.argv),
+        "spec": asdict(spec),
+        "curriculum": [asdict(stage) for stage in plan],
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "argv")},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "completed_steps": log[-1]["step"],
+        "train_samples": log[-1]["step"] * args.batch,
+        "minutes": round((time.time() - started) / 60, 1),
+        "final_val": log[-1].get("val"),
+        "log": log,
+    }
+    if args.init is not None:  # the run this one continues, with its own history
+        previous = json.loads((args.init / "training.json").read_text())
+        summary["previous_run"] = previous
+        summary["total_minutes"] = round(summary["minutes"] + previous.get("total_minutes", previous["minutes"]), 1)
+    (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
 def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
     """Train a model of geometry ``spec`` as ``args`` say; write it to ``args.out``."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    tokenizer = build_tokenizer(tokenizer_corpus(args.tokenizer_samples))
+    if args.init is None:
+        tokenizer = build_tokenizer(tokenizer_corpus(args.tokenizer_samples))
+        model = build_model(spec, tokenizer).train()
+    else:
+        spec, tokenizer, model = load_start(args.init)
     processor = build_processor(spec, tokenizer)
-    model = build_model(spec, tokenizer).train()
     plan = stages(args.steps, args.single_frame_steps, args.short_clip_steps, args.short_frames, args.frames)
     codecs = {stage.frames: PromptCodec(tokenizer, processor, stage.frames) for stage in plan}
     codecs.setdefault(args.frames, PromptCodec(tokenizer, processor, args.frames))
@@ -295,23 +332,13 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
                 scores = evaluate(model, processor, codecs[args.frames], val)
                 entry["val"] = {k: round(v, 4) for k, v in scores.items()}
                 save_checkpoint(args.out, spec, model.eval(), tokenizer)
+                write_record(args, spec, plan, model, log + [entry], started)
                 model.train()
             log.append(entry)
             print(json.dumps(entry), flush=True)
     model.eval()
     save_checkpoint(args.out, spec, model, tokenizer)
-    summary = {
-        "command": "python -m harness.train_tiny " + " ".join(args.argv),
-        "spec": asdict(spec),
-        "curriculum": [asdict(stage) for stage in plan],
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "argv")},
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_samples": args.steps * args.batch,
-        "minutes": round((time.time() - started) / 60, 1),
-        "final_val": log[-1].get("val"),
-        "log": log,
-    }
-    (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_record(args, spec, plan, model, log, started)
     return Path(args.out)
 
 
@@ -345,6 +372,12 @@ def finish_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train the small LLaVA-OneVision of the embedded default on SynthVQA.")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue from a checkpoint this script wrote (its geometry and tokenizer) instead of from scratch",
+    )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=8, help="videos per step")
     parser.add_argument(

@@ -67,11 +67,11 @@ def letter_and_end_logits(adapter: LlavaOnevisionAdapter, reducer, sample: Sampl
 
 
 @torch.no_grad()
-def evaluate(adapter, module, samples: Sequence[Sample], k: int) -> dict[str, float]:
+def evaluate(adapter, module, samples: Sequence[Sample], k: int, rescale: bool) -> dict[str, float]:
     """Greedy first-token accuracy with VQ-Attention at a fixed ``k``, overall and per family."""
     adapter.model.eval()
     module.eval()
-    reducer = build_reducer("vqtoken", {"mode": "attention", "k": k})
+    reducer = build_reducer("vqtoken", {"mode": "attention", "k": k, "rescale": rescale})
     reducer.attach_attention(module)
     hits: dict[str, list[float]] = {family: [] for family in FAMILIES}
     for sample in samples:
@@ -90,7 +90,7 @@ def train(args: argparse.Namespace) -> Path:
     model = adapter.model
     dim = model.config.text_config.hidden_size
     grid = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
-    module = VQAttention(grid, dim, ffn=args.ffn)
+    module = VQAttention(grid, dim, ffn=args.ffn, rescaled_memory=bool(args.rescale))
     module.reset_parameters(seeded_generator(args.seed))
     groups = [{"params": list(module.parameters()), "lr": args.lr_attention}]
     if args.train == "all":
@@ -107,7 +107,7 @@ def train(args: argparse.Namespace) -> Path:
         model.train(args.train == "all")
         module.train()
         k = int(rng.integers(args.k_min, args.k_max + 1))
-        reducer = build_reducer("vqtoken", {"mode": "attention", "k": k, "seed": step})
+        reducer = build_reducer("vqtoken", {"mode": "attention", "k": k, "seed": step, "rescale": args.rescale})
         reducer.attach_attention(module)
         logits, targets = [], []
         for _ in range(args.batch):
@@ -127,7 +127,7 @@ def train(args: argparse.Namespace) -> Path:
         if done % args.log_every == 0 or done == args.steps:
             entry = {"step": done, "k": k, "loss": round(running, 4), "minutes": round((time.time() - started) / 60, 2)}
             if done % args.eval_every == 0 or done == args.steps:
-                entry["val"] = {key: round(v, 4) for key, v in evaluate(adapter, module, val, args.eval_k).items()}
+                entry["val"] = {key: round(v, 4) for key, v in evaluate(adapter, module, val, args.eval_k, args.rescale).items()}
             log.append(entry)
             print(json.dumps(entry), flush=True)
     write_checkpoint(args, adapter, module, log, time.time() - started)
@@ -168,6 +168,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k-min", type=int, default=12)
     parser.add_argument("--k-max", type=int, default=32)
     parser.add_argument("--eval-k", type=int, default=32)
+    parser.add_argument(
+        "--rescale",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="1: the codebook is scaled to the token norm before the module (vqtoken rescale=true; evaluate alike)",
+    )
     parser.add_argument("--ffn", type=int, default=512, help="feed-forward width of the module (released: 2048)")
     parser.add_argument("--lr-attention", type=float, default=1e-3)
     parser.add_argument("--lr-model", type=float, default=2e-4)

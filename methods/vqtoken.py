@@ -54,7 +54,12 @@ Different, and why:
 * ``rescale=true`` (off by default, as released) scales every codebook entry to the mean
   norm of the input tokens: codebook entries are means of unit vectors (norm <= 1) while
   the LLM was trained on projector outputs of much larger norm; the released checkpoint was
-  fine-tuned on the small-norm codebook, an off-the-shelf one was not.
+  fine-tuned on the small-norm codebook, an off-the-shelf one was not. In attention mode the
+  rescaled codebook is the module's memory: with the released scale, the index-map queries
+  (cluster ids cast to float, magnitudes up to K) swamp the unit-norm memory after the
+  residual, and our small-scale fine-tune stayed at chance (loss ln 4 on the letter) until
+  the memory was rescaled. Weights record which scale they were trained on
+  (``rescaled_memory`` in the safetensors metadata) and the reducer refuses the other one.
 * The attention module uses ``batch_first`` and LayerNorm scales initialised to 1 (the
   released init draws them from U(-0.01, 0.01), fixed upstream); its state-dict keys are the
   released ones (``to_q_proj.*``, ``transformer_decoder.layers.0.*``; a
@@ -114,12 +119,20 @@ class VQAttention(nn.Module):
     Queries: each frame's index-map row (cluster ids cast to float) through
     ``Linear(grid_tokens -> dim)``; memory: the codebook; one transformer decoder layer.
     The shorter of the T queries and the K codebook rows is tiled to the longer, so the
-    output is [max(T, K), dim].
+    output is [max(T, K), dim]. ``rescaled_memory`` records whether the module was trained on a
+    codebook scaled to the token norm (vqtoken ``rescale=true``); released weights were not.
     """
 
-    def __init__(self, grid_tokens: int, dim: int, num_heads: int | None = None, ffn: int = DEFAULT_FFN):
+    def __init__(
+        self,
+        grid_tokens: int,
+        dim: int,
+        num_heads: int | None = None,
+        ffn: int = DEFAULT_FFN,
+        rescaled_memory: bool = False,
+    ):
         super().__init__()
-        self.grid_tokens, self.dim = grid_tokens, dim
+        self.grid_tokens, self.dim, self.rescaled_memory = grid_tokens, dim, rescaled_memory
         self.num_heads = num_heads or attention_heads(dim)
         self.to_q_proj = nn.Linear(grid_tokens, dim)
         layer = nn.TransformerDecoderLayer(dim, self.num_heads, dim_feedforward=ffn, batch_first=True)
@@ -144,11 +157,17 @@ class VQAttention(nn.Module):
 
 
 def save_vq_attention(module: VQAttention, directory: str | Path) -> Path:
-    """Write a module's weights to ``<directory>/vq_attention.safetensors`` (with its shape)."""
+    """Write a module's weights to ``<directory>/vq_attention.safetensors`` (with its shape and
+    whether it was trained on a rescaled codebook)."""
     path = Path(directory) / VQ_ATTENTION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().float().contiguous().cpu() for name, t in module.state_dict().items()}
-    meta = {"grid_tokens": str(module.grid_tokens), "dim": str(module.dim), "num_heads": str(module.num_heads)}
+    meta = {
+        "grid_tokens": str(module.grid_tokens),
+        "dim": str(module.dim),
+        "num_heads": str(module.num_heads),
+        "rescaled_memory": str(int(module.rescaled_memory)),
+    }
     save_file(tensors, str(path), metadata=meta)
     return path
 
@@ -170,9 +189,10 @@ def load_vq_attention(directory: str | Path, dim: int, grid_tokens: int) -> VQAt
         found = None if weight is None else tuple(weight.shape)
         raise MethodError(f"{path} holds a VQ-Attention for {found} (dim, grid), not ({dim}, {grid_tokens})")
     ffn = state["transformer_decoder.layers.0.linear1.weight"].shape[0]
-    module = VQAttention(grid_tokens, dim, int(meta.get("num_heads", attention_heads(dim))), ffn)
+    heads = int(meta.get("num_heads", attention_heads(dim)))
+    module = VQAttention(grid_tokens, dim, heads, ffn, rescaled_memory=meta.get("rescaled_memory") == "1")
     module.load_state_dict(state)
-    return module.eval()
+    return module.eval().requires_grad_(False)  # inference weights (fvcore's trace takes them as constants)
 
 
 def drop_empty_clusters(labels: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,7 +231,7 @@ def vq_params(default_mode: str) -> tuple[ParamSpec, ...]:
         ParamSpec("max_iter", int, 100, "k-means iterations per fit"),
         ParamSpec("tol", float, 1e-4, "k-means stop: Frobenius shift of the centroids below tol"),
         ParamSpec("seed", int, 0, "seed of the k-means++ draws (and of random attention weights)"),
-        ParamSpec("rescale", bool, False, "scale codebook entries to the mean input-token norm (mode=centroids)"),
+        ParamSpec("rescale", bool, False, "scale codebook entries to the mean input-token norm (before VQ-Attention in mode=attention)"),
     )
 
 
@@ -238,8 +258,6 @@ class _VQTokenBase(Reducer):
             raise MethodError(f"{self.name}: empty candidate range k_min={v['k_min']}..k_max={v['k_max']}")
         if v["max_iter"] < 1 or v["tol"] < 0:
             raise MethodError(f"{self.name}: max_iter must be >= 1 and tol >= 0")
-        if v["rescale"] and v["mode"] == "attention":
-            raise MethodError(f"{self.name}: rescale applies to mode=centroids only")
         if self.position_policy_used != "compact":
             raise MethodError(f"{self.name}: codebook tokens have no grid position; use positions=compact")
         if isinstance(k, int) and self.budget.tokens is not None and k > self.budget.tokens:
@@ -325,6 +343,11 @@ class _VQTokenBase(Reducer):
                 f"above the budget of {cap}"
             )
         module, random_weights = self._attention_module(video, codebook.shape[1], index_map.shape[1])
+        if not random_weights and module.rescaled_memory != self.values["rescale"]:
+            raise MethodError(
+                f"{self.name}: these VQ-Attention weights were trained with rescale={module.rescaled_memory}; "
+                f"run with rescale={str(module.rescaled_memory).lower()}"
+            )
         info["random_weights"] = random_weights
         module = module.to(codebook.device)
         with torch.set_grad_enabled(module.training and torch.is_grad_enabled()):
@@ -353,10 +376,10 @@ class _VQTokenBase(Reducer):
         if adaptive:
             info["candidates"] = [ks[0], ks[-1]]
             info["flops_tokens"] = f"token_schedule counts k_max={ks[-1]}, the upper bound of the adaptive K"
+        if v["rescale"]:
+            codebook = rescale_rows(codebook, x.norm(dim=1).mean())
         if v["mode"] == "attention":
             tokens = self._attend(video, labels.view(frames, -1), codebook, cap, info)
-        elif v["rescale"]:
-            tokens = rescale_rows(codebook, x.norm(dim=1).mean())
         else:
             tokens = codebook
         embeddings = tokens.to(video.features.dtype)

@@ -84,3 +84,24 @@ def test_measured_flops_grow_with_visual_tokens(tiny_adapter, video_file):
     pooled = measure_prefill_flops(Runner(tiny_adapter, build_reducer("uniform_pool", {"tokens": "4"}), 4), video_file, "What?")
     fastv = measure_prefill_flops(Runner(tiny_adapter, build_reducer("fastv", {"K": "1", "R": "0.75"}), 4), video_file, "What?")
     assert pooled < fastv < full
+
+
+class BufferedProduct(torch.nn.Module):
+    def forward(self, a, b):
+        out = torch.empty(a.shape[0], b.shape[1])
+        return torch.mm(a, b, out=out)
+
+
+def test_fvcore_counts_a_matmul_into_a_buffer():
+    assert count_flops(BufferedProduct(), (torch.randn(3, 5), torch.randn(5, 7))) == 3 * 5 * 7
+
+
+def test_measured_vqtoken_flops_include_the_clustering(tiny_adapter, video_file):
+    from harness.runner import Runner, measure_prefill_flops
+
+    def measured(method, params):
+        return measure_prefill_flops(Runner(tiny_adapter, build_reducer(method, params), 4), video_file, "What?")
+
+    pooled = measured("uniform_pool", {"tokens": "8"})
+    clustered = measured("vqtoken", {"k": "8"})
+    assert clustered > pooled  # same tokens into the LLM; k-means is extra work

@@ -106,3 +106,14 @@ def test_reduce_share_of_saved_prefill():
     assert reduce_share({"method": "fastv", "reduce_ms": 0.1, "prefill_ms": 120.0}, full) is None  # saves nothing
     assert reduce_share(full, full) is None
     assert reduce_share({"method": "uniform_pool", "reduce_ms": None, "prefill_ms": 50.0}, full) is None
+
+
+def test_markdown_names_the_model_when_a_sweep_has_several():
+    import pandas as pd
+
+    from harness.report import MARKDOWN_COLUMNS, markdown
+
+    row = dict.fromkeys(MARKDOWN_COLUMNS)
+    rows = [{**row, "model": model, "task": "t", "method": "full"} for model in ("base", "tuned")]
+    assert "tuned" in markdown(pd.DataFrame(rows))
+    assert "| model" not in markdown(pd.DataFrame(rows[:1]))

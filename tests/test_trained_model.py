@@ -1,9 +1,11 @@
-"""The committed embedded-default model answers SynthVQA test well, and a broken reducer cannot.
+"""The committed embedded-default models answer SynthVQA test well, and a broken reducer cannot.
 
 End to end on the real pipeline (mp4 -> frames -> processor -> vision tower -> reducer -> LLM
 -> greedy answer -> lmms-eval's scoring function) on the first 36 test samples (6 per family).
 The floors are far below what the model scores and far above chance (25%): a reducer that
-loses what the LLM needs falls under them.
+loses what the LLM needs falls under them. The VQ-Attention checkpoint (the base fine-tuned with
+the module in the loop) must clear the lower floor in attention mode, where the untrained
+codebook-only mode on the base model sits at chance.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from methods.registry import build_reducer
 from tasks.synthvqa.generate import DATA_DIR
 from tasks.synthvqa.utils import synthvqa_doc_to_text, synthvqa_process_results
 
+VQ_CHECKPOINT_NAME = "tiny-llava-ov-synthvqa-vqtoken"
 SAMPLES = 36
 FULL_FLOOR = 0.5
 REDUCED_FLOOR = 0.4
@@ -68,3 +71,9 @@ def test_a_sane_reducer_at_a_quarter_of_the_tokens_clears_a_lower_floor(adapter,
 
 def test_a_reducer_that_wipes_the_tokens_misses_the_floor(adapter, docs):
     assert _accuracy(adapter, BlindReducer(), docs) < REDUCED_FLOOR
+
+
+def test_the_vq_attention_checkpoint_clears_the_lower_floor(docs):
+    adapter = LlavaOnevisionAdapter(str(default_model().parent / VQ_CHECKPOINT_NAME), device="cpu", dtype="float32")
+    reducer = build_reducer("vqtoken", {"mode": "attention", "tokens": 32, "rescale": True})
+    assert _accuracy(adapter, reducer, docs) >= REDUCED_FLOOR

@@ -92,7 +92,7 @@ def test_vq_attention_training_writes_what_mode_attention_loads(bpe_checkpoint, 
     sample = render_spec(next(sample_specs("val", 1)))
     with torch.no_grad():
         video = adapter.encode_video(adapter.pixel_values(sample.frames))
-        reduced = build_reducer("vqtoken", {"mode": "attention", "k": 4}).reduce_visual(video)
+        reduced = build_reducer("vqtoken", {"mode": "attention", "k": 4, "rescale": True}).reduce_visual(video)
     assert reduced.info["random_weights"] is False
     assert reduced.count == max(16, 4) + 1  # max(T, K) rows + the newline
     assert torch.isfinite(reduced.embeddings).all()
