@@ -216,16 +216,15 @@ def auxiliary_loss(
     return heads.patch_loss(patch_tokens, colour, shape) + heads.token_loss(video, onset, leader, motion)
 
 
-def load_start(checkpoint: Path) -> tuple[TinySpec, object, torch.nn.Module]:
-    """Geometry, tokenizer and weights of a checkpoint this script wrote, to train it further."""
+def load_start(checkpoint: Path) -> tuple[dict, object, torch.nn.Module]:
+    """The training record, tokenizer and weights of a checkpoint this script wrote, to train it further."""
     from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
 
     record = checkpoint / "training.json"
     if not record.is_file():
         raise FileNotFoundError(f"{record} is missing: --init takes a checkpoint written by harness.train_tiny")
-    spec = TinySpec(**json.loads(record.read_text())["spec"])
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(checkpoint).train()
-    return spec, AutoTokenizer.from_pretrained(checkpoint), model
+    return json.loads(record.read_text()), AutoTokenizer.from_pretrained(checkpoint), model
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -236,9 +235,12 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def write_record(args, spec: TinySpec, plan, model, log: list[dict], started: float) -> None:
+def write_record(
+    args, spec: TinySpec, plan, model, log: list[dict], started: float, previous: dict | None
+) -> None:
     """``training.json`` beside the weights: command, geometry, curriculum, settings, wall time and
-    the log up to the saved step (``completed_steps`` says how far the run had got)."""
+    the log up to the saved step (``completed_steps`` says how far the run had got), plus the
+    record of the run this one continues (``previous``, with ``--init``)."""
     summary = {
         "command": "python -m harness.train_tiny " + " ".join(args.argv),
         "spec": asdict(spec),
@@ -251,8 +253,7 @@ def write_record(args, spec: TinySpec, plan, model, log: list[dict], started: fl
         "final_val": log[-1].get("val"),
         "log": log,
     }
-    if args.init is not None:  # the run this one continues, with its own history
-        previous = json.loads((args.init / "training.json").read_text())
+    if previous is not None:
         summary["previous_run"] = previous
         summary["total_minutes"] = round(summary["minutes"] + previous.get("total_minutes", previous["minutes"]), 1)
     (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -263,11 +264,13 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
+    previous = None
     if args.init is None:
         tokenizer = build_tokenizer(tokenizer_corpus(args.tokenizer_samples))
         model = build_model(spec, tokenizer).train()
     else:
-        spec, tokenizer, model = load_start(args.init)
+        previous, tokenizer, model = load_start(args.init)
+        spec = TinySpec(**previous["spec"])
     processor = build_processor(spec, tokenizer)
     plan = stages(args.steps, args.single_frame_steps, args.short_clip_steps, args.short_frames, args.frames)
     codecs = {stage.frames: PromptCodec(tokenizer, processor, stage.frames) for stage in plan}
@@ -332,13 +335,13 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
                 scores = evaluate(model, processor, codecs[args.frames], val)
                 entry["val"] = {k: round(v, 4) for k, v in scores.items()}
                 save_checkpoint(args.out, spec, model.eval(), tokenizer)
-                write_record(args, spec, plan, model, log + [entry], started)
+                write_record(args, spec, plan, model, log + [entry], started, previous)
                 model.train()
             log.append(entry)
             print(json.dumps(entry), flush=True)
     model.eval()
     save_checkpoint(args.out, spec, model, tokenizer)
-    write_record(args, spec, plan, model, log, started)
+    write_record(args, spec, plan, model, log, started, previous)
     return Path(args.out)
 
 

@@ -67,11 +67,11 @@ def letter_and_end_logits(adapter: LlavaOnevisionAdapter, reducer, sample: Sampl
 
 
 @torch.no_grad()
-def evaluate(adapter, module, samples: Sequence[Sample], k: int, rescale: bool) -> dict[str, float]:
+def evaluate(adapter, module: VQAttention, samples: Sequence[Sample], k: int) -> dict[str, float]:
     """Greedy first-token accuracy with VQ-Attention at a fixed ``k``, overall and per family."""
     adapter.model.eval()
     module.eval()
-    reducer = build_reducer("vqtoken", {"mode": "attention", "k": k, "rescale": rescale})
+    reducer = build_reducer("vqtoken", {"mode": "attention", "k": k, "rescale": module.rescaled_memory})
     reducer.attach_attention(module)
     hits: dict[str, list[float]] = {family: [] for family in FAMILIES}
     for sample in samples:
@@ -107,7 +107,7 @@ def train(args: argparse.Namespace) -> Path:
         model.train(args.train == "all")
         module.train()
         k = int(rng.integers(args.k_min, args.k_max + 1))
-        reducer = build_reducer("vqtoken", {"mode": "attention", "k": k, "seed": step, "rescale": args.rescale})
+        reducer = build_reducer("vqtoken", {"mode": "attention", "k": k, "seed": step, "rescale": module.rescaled_memory})
         reducer.attach_attention(module)
         logits, targets = [], []
         for _ in range(args.batch):
@@ -127,7 +127,7 @@ def train(args: argparse.Namespace) -> Path:
         if done % args.log_every == 0 or done == args.steps:
             entry = {"step": done, "k": k, "loss": round(running, 4), "minutes": round((time.time() - started) / 60, 2)}
             if done % args.eval_every == 0 or done == args.steps:
-                entry["val"] = {key: round(v, 4) for key, v in evaluate(adapter, module, val, args.eval_k, args.rescale).items()}
+                entry["val"] = {key: round(v, 4) for key, v in evaluate(adapter, module, val, args.eval_k).items()}
             log.append(entry)
             print(json.dumps(entry), flush=True)
     write_checkpoint(args, adapter, module, log, time.time() - started)

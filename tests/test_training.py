@@ -76,6 +76,14 @@ def test_train_tiny_writes_a_loadable_checkpoint_with_its_log(tmp_path):
     adapter = LlavaOnevisionAdapter(str(out), device="cpu")
     assert adapter.model.config.vision_config.image_size == TEST_SPEC.image_size
 
+    more = tmp_path / "continued"
+    train_tiny(parse_args(["--out", str(more), "--init", str(out), "--steps", "1", "--single-frame-steps", "0",
+                           "--short-clip-steps", "0", "--batch", "2", "--val-count", "6", "--log-every", "1",
+                           "--eval-every", "1"]))
+    record = json.loads((more / "training.json").read_text())
+    assert record["spec"] == log["spec"] and record["previous_run"]["log"] == log["log"]
+    assert record["total_minutes"] >= record["minutes"]
+
 
 def test_vq_attention_training_writes_what_mode_attention_loads(bpe_checkpoint, tmp_path):
     out = tmp_path / "vq"
