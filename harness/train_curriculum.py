@@ -6,6 +6,11 @@ training sat at chance for 600+ steps even with intermediate supervision. The sk
 family shares (read the question, find the object, name its colour or shape, find that option's
 letter) are learned fastest on short clips, so training runs in stages:
 
+0. optionally (``--vision-steps``, off by default), the vision tower and projector alone, on
+   single frames of every family, trained only on the per-patch targets of
+   ``harness.train_targets``: a ViT from scratch learns shape slowly, and a step without the
+   language model costs a fifth of a video step. It taught the tower shape, but in both runs
+   tried so far the language model then stayed at chance in the later stages (see the README);
 1. 1 frame, ``static`` and ``small_object`` only (one frame holds their whole answer);
 2. a few frames, every family whose answer survives cutting the video down to its key frames
    (``static``, ``small_object``, ``motion``, ``needle``, ``order``);
@@ -34,20 +39,29 @@ KEY_FRAME_FAMILIES = ("static", "small_object", "motion", "needle", "order")
 
 @dataclass(frozen=True)
 class Stage:
-    """``steps`` training steps on clips of ``frames`` frames of the given families."""
+    """``steps`` training steps on clips of ``frames`` frames of the given families (on the vision
+    tower and projector alone if ``vision_only``)."""
 
     frames: int
     families: tuple[str, ...]
     steps: int
+    vision_only: bool = False
 
 
 def stages(
-    total_steps: int, single_frame_steps: int, short_clip_steps: int, short_frames: int, frames: int
+    vision_steps: int,
+    total_steps: int,
+    single_frame_steps: int,
+    short_clip_steps: int,
+    short_frames: int,
+    frames: int,
 ) -> list[Stage]:
-    """The curriculum: single-frame, short-clip, then full-video stages summing to ``total_steps``."""
+    """The curriculum: ``vision_steps`` vision-only steps, then single-frame, short-clip and
+    full-video stages of the whole model summing to ``total_steps``."""
     if single_frame_steps + short_clip_steps > total_steps:
-        raise ValueError("the curriculum's first two stages are longer than the whole run")
+        raise ValueError("the curriculum's single-frame and short-clip stages are longer than the whole run")
     plan = [
+        Stage(1, FAMILIES, vision_steps, vision_only=True),
         Stage(1, SINGLE_FRAME_FAMILIES, single_frame_steps),
         Stage(short_frames, KEY_FRAME_FAMILIES, short_clip_steps),
         Stage(frames, FAMILIES, total_steps - single_frame_steps - short_clip_steps),

@@ -200,6 +200,11 @@ def evaluate(model, processor, codec: PromptCodec, samples: Sequence[Sample], ba
     return scores
 
 
+def patch_pixels(samples: Sequence[Sample], spec: TinySpec) -> int:
+    """The side of one vision patch in the samples' rendered pixels."""
+    return samples[0].layout.shape[1] * spec.patch_size // spec.image_size
+
+
 def auxiliary_loss(
     heads: AuxiliaryHeads,
     samples: Sequence[Sample],
@@ -209,11 +214,43 @@ def auxiliary_loss(
     layer_hidden: torch.Tensor,
 ) -> torch.Tensor:
     """The intermediate supervision of ``harness.train_targets`` for one batch."""
-    patch_px = samples[0].layout.shape[1] * spec.patch_size // spec.image_size  # a patch, in rendered pixels
+    patch_px = patch_pixels(samples, spec)
     colour, shape = patch_targets(samples, patch_px)
     onset, leader, motion = appearance_targets(samples, 2 * patch_px)  # LLaVA-OV pools 2x2 patches
     video = layer_hidden[:, codec.video_start : codec.video_start + onset.shape[1]]
     return heads.patch_loss(patch_tokens, colour, shape) + heads.token_loss(video, onset, leader, motion)
+
+
+def vision_loss(model, processor, heads: AuxiliaryHeads, samples: Sequence[Sample], spec: TinySpec, patch_tokens: list) -> torch.Tensor:
+    """The per-patch supervision alone, through the vision tower and projector only (curriculum stage 0)."""
+    model.model.get_video_features(
+        pixel_values_videos=video_pixels(processor, samples),
+        vision_feature_layer=model.config.vision_feature_layer,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+    )
+    return heads.patch_loss(patch_tokens[0], *patch_targets(samples, patch_pixels(samples, spec)))
+
+
+def answer_step(
+    args, model, processor, codec: PromptCodec, stage, specs, rng, heads, spec: TinySpec, patch_tokens: list
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of a question-answering stage: (answer loss, auxiliary loss)."""
+    picked = [next(s for s in specs if s.family in stage.families) for _ in range(args.batch)]
+    samples = [clip(render_spec(s, args.frames), stage.frames, rng) for s in picked]
+    suffixes = []
+    for sample in samples:
+        for options, answer in permuted_questions(sample, args.permutations, rng):
+            suffixes.append(codec.suffix(sample.question, options, answer))
+        if args.open_ended:
+            suffixes.append(codec.open_suffix(sample.question, correct_option(sample)))
+    copies = args.permutations + int(args.open_ended)
+    hidden: list[torch.Tensor] = []
+    logits, targets = target_logits(model, codec, video_pixels(processor, samples), suffixes, copies, hidden)
+    answer_loss = F.cross_entropy(logits, targets)
+    aux_loss = torch.zeros(())
+    if heads is not None:
+        aux_loss = auxiliary_loss(heads, samples, spec, codec, patch_tokens[0], hidden[args.aux_layer])
+    return answer_loss, aux_loss
 
 
 def load_start(checkpoint: Path) -> tuple[dict, object, torch.nn.Module]:
@@ -272,8 +309,10 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
         previous, tokenizer, model = load_start(args.init)
         spec = TinySpec(**previous["spec"])
     processor = build_processor(spec, tokenizer)
-    plan = stages(args.steps, args.single_frame_steps, args.short_clip_steps, args.short_frames, args.frames)
-    codecs = {stage.frames: PromptCodec(tokenizer, processor, stage.frames) for stage in plan}
+    plan = stages(
+        args.vision_steps, args.steps, args.single_frame_steps, args.short_clip_steps, args.short_frames, args.frames
+    )
+    codecs = {stage.frames: PromptCodec(tokenizer, processor, stage.frames) for stage in plan if not stage.vision_only}
     codecs.setdefault(args.frames, PromptCodec(tokenizer, processor, args.frames))
     val = [render_spec(s, args.frames) for s in sample_specs("val", args.val_count)]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
@@ -286,36 +325,31 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
         lr=args.lr,
         betas=(0.9, 0.98),
     )
-    heads = AuxiliaryHeads(spec.text_hidden) if args.aux_weight else None
+    heads = None
+    if args.aux_weight:
+        grid = spec.image_size // spec.patch_size if args.position_targets else None
+        heads = AuxiliaryHeads(spec.text_hidden, grid, args.object_shape_weight)
     if heads is not None:
         optimizer.add_param_group({"params": list(heads.parameters()), "weight_decay": 0.0})
     patch_tokens: list[torch.Tensor] = []  # the projector's latest output (un-pooled patch tokens)
     model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, out: patch_tokens.__setitem__(slice(None), [out]))
-    specs = sample_specs("train", args.steps * args.batch * len(FAMILIES))
+    specs = sample_specs("train", (args.steps * args.batch + args.vision_steps * args.vision_batch) * len(FAMILIES))
+    total_steps = args.vision_steps + args.steps
     log: list[dict] = []
     started = time.time()
     running = np.zeros(2)
-    for step in range(args.steps):
+    for step in range(total_steps):
         stage = stage_at(plan, step)
-        codec = codecs[stage.frames]
-        picked = [next(s for s in specs if s.family in stage.families) for _ in range(args.batch)]
-        samples = [clip(render_spec(s, args.frames), stage.frames, rng) for s in picked]
-        suffixes = []
-        for sample in samples:
-            for options, answer in permuted_questions(sample, args.permutations, rng):
-                suffixes.append(codec.suffix(sample.question, options, answer))
-            if args.open_ended:
-                suffixes.append(codec.open_suffix(sample.question, correct_option(sample)))
-        copies = args.permutations + int(args.open_ended)
-        hidden: list[torch.Tensor] = []
-        logits, targets = target_logits(model, codec, video_pixels(processor, samples), suffixes, copies, hidden)
-        answer_loss = F.cross_entropy(logits, targets)
-        aux_loss = torch.zeros(())
-        if heads is not None:
-            aux_loss = auxiliary_loss(heads, samples, spec, codec, patch_tokens[0], hidden[args.aux_layer])
+        if stage.vision_only:
+            samples = [clip(render_spec(next(specs), args.frames), 1, rng) for _ in range(args.vision_batch)]
+            answer_loss, aux_loss = torch.zeros(()), vision_loss(model, processor, heads, samples, spec, patch_tokens)
+            rate = learning_rate(step, args.vision_steps, args.vision_lr, args.warmup)
+        else:
+            answer_loss, aux_loss = answer_step(args, model, processor, codecs[stage.frames], stage, specs, rng, heads, spec, patch_tokens)
+            rate = learning_rate(step - args.vision_steps, args.steps, args.lr, args.warmup)
         loss = answer_loss + args.aux_weight * aux_loss
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+            group["lr"] = rate
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -323,15 +357,16 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
         losses = np.array([answer_loss.item(), aux_loss.item()])
         running = losses if step == 0 else 0.95 * running + 0.05 * losses
         done = step + 1
-        if done % args.log_every == 0 or done == args.steps:
+        if done % args.log_every == 0 or done == total_steps:
             entry = {
                 "step": done,
                 "frames": stage.frames,
+                **({"vision_only": True} if stage.vision_only else {}),
                 "loss": round(float(running[0]), 4),
                 "aux_loss": round(float(running[1]), 4),
                 "minutes": round((time.time() - started) / 60, 2),
             }
-            if done % args.eval_every == 0 or done == args.steps:
+            if (done % args.eval_every == 0 and not stage.vision_only) or done == total_steps:
                 scores = evaluate(model, processor, codecs[args.frames], val)
                 entry["val"] = {k: round(v, 4) for k, v in scores.items()}
                 save_checkpoint(args.out, spec, model.eval(), tokenizer)
@@ -403,6 +438,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="language-model layer whose video tokens are supervised",
     )
     parser.add_argument(
+        "--position-targets",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="1: every patch token also predicts its row and column",
+    )
+    parser.add_argument(
+        "--object-shape-weight",
+        type=float,
+        default=0.0,
+        help="weight of the shape loss repeated over object patches alone (0: off)",
+    )
+    parser.add_argument(
+        "--vision-steps",
+        type=int,
+        default=0,
+        help="curriculum stage 0: steps on the vision tower and projector alone (per-patch targets; "
+        "see the README: with it the language model's stages stalled at chance)",
+    )
+    parser.add_argument("--vision-batch", type=int, default=32, help="single frames per vision-only step")
+    parser.add_argument("--vision-lr", type=float, default=1e-3)
+    parser.add_argument(
         "--single-frame-steps",
         type=int,
         default=300,
@@ -425,7 +482,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="train prompts the BPE merges are learned from",
     )
     add_loop_args(parser, log_every=25, eval_every=250, val_count=120)
-    return finish_args(parser, argv)
+    args = finish_args(parser, argv)
+    if args.vision_steps and not args.aux_weight:
+        parser.error("--vision-steps trains on the per-patch targets alone; it needs --aux-weight > 0")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -73,7 +73,7 @@ def test_patch_targets_are_shares_that_match_the_layout():
 def test_auxiliary_losses_are_finite_and_reach_every_head():
     torch.manual_seed(0)
     samples = [render_sample(seed, family) for seed, family in [(1, "counting"), (2, "motion")]]
-    heads = AuxiliaryHeads(width=16)
+    heads = AuxiliaryHeads(width=16, grid=112 // PATCH, object_shape_weight=3.0)
     colour, shape = patch_targets(samples, PATCH)
     onset, leader, motion = appearance_targets(samples, CELL)
     loss = heads.patch_loss(torch.randn(*colour.shape[:2], 16), colour, shape) + heads.token_loss(
@@ -82,3 +82,16 @@ def test_auxiliary_losses_are_finite_and_reach_every_head():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.parameters())
+
+
+
+def test_patch_extras_add_to_the_default_loss_only_when_asked():
+    torch.manual_seed(0)
+    samples = [render_sample(3, "static")]
+    colour, shape = patch_targets(samples, PATCH)
+    tokens = torch.randn(*colour.shape[:2], 16)
+    plain = AuxiliaryHeads(width=16)
+    assert plain.position is None
+    extra = AuxiliaryHeads(width=16, grid=112 // PATCH, object_shape_weight=3.0)
+    extra.load_state_dict(plain.state_dict(), strict=False)
+    assert extra.patch_loss(tokens, colour, shape) > plain.patch_loss(tokens, colour, shape)
