@@ -136,9 +136,10 @@ class AuxiliaryHeads(torch.nn.Module):
         colour_loss = _soft_cross_entropy(self.colour(patch_tokens), colour).mean()
         shape_losses = _soft_cross_entropy(self.shape(patch_tokens), shape)
         loss = colour_loss + shape_losses.mean()
-        on_object = shape[..., 0] < 0.5
-        if self.object_shape_weight and on_object.any():
-            loss = loss + self.object_shape_weight * shape_losses[on_object].mean()
+        if self.object_shape_weight:
+            on_object = shape[..., 0] < 0.5  # patches an object covers most of
+            if on_object.any():
+                loss = loss + self.object_shape_weight * shape_losses[on_object].mean()
         if self.position is not None:
             row_head, column_head = self.position
             grid = row_head.out_features
