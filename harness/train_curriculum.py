@@ -9,8 +9,9 @@ letter) are learned fastest on short clips, so training runs in stages:
 0. optionally (``--vision-steps``, off by default), the vision tower and projector alone, on
    single frames of every family, trained only on the per-patch targets of
    ``harness.train_targets``: a ViT from scratch learns shape slowly, and a step without the
-   language model costs a fifth of a video step. It taught the tower shape, but in both runs
-   tried so far the language model then stayed at chance in the later stages (see the README);
+   language model costs a fifth of a video step. It taught the tower shape, but in every run
+   tried so far (tower trained on, or frozen with ``--freeze-vision``) the language model then
+   stayed at chance in the later stages (see the README);
 1. 1 frame, ``static`` and ``small_object`` only (one frame holds their whole answer);
 2. a few frames, every family whose answer survives cutting the video down to its key frames
    (``static``, ``small_object``, ``motion``, ``needle``, ``order``);

@@ -218,7 +218,10 @@ def auxiliary_loss(
     colour, shape = patch_targets(samples, patch_px)
     onset, leader, motion = appearance_targets(samples, 2 * patch_px)  # LLaVA-OV pools 2x2 patches
     video = layer_hidden[:, codec.video_start : codec.video_start + onset.shape[1]]
-    return heads.patch_loss(patch_tokens, colour, shape) + heads.token_loss(video, onset, leader, motion)
+    token_loss = heads.token_loss(video, onset, leader, motion)
+    if not patch_tokens.requires_grad:  # vision tower and projector frozen: nothing left to teach them
+        return token_loss
+    return heads.patch_loss(patch_tokens, colour, shape) + token_loss
 
 
 def vision_loss(model, processor, heads: AuxiliaryHeads, samples: Sequence[Sample], spec: TinySpec, patch_tokens: list) -> torch.Tensor:
@@ -229,6 +232,29 @@ def vision_loss(model, processor, heads: AuxiliaryHeads, samples: Sequence[Sampl
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
     )
     return heads.patch_loss(patch_tokens[0], *patch_targets(samples, patch_pixels(samples, spec)))
+
+
+@torch.no_grad()
+def freeze_vision(model, processor, samples: Sequence[Sample], target_norm: float) -> float:
+    """Freeze the vision tower and projector after the vision-only stage, with the projector's
+    output rescaled so that video tokens have mean norm ``target_norm``; returns the factor.
+
+    The vision-only stage leaves video tokens far larger than the language model's residual stream
+    (norm 79 against 7 in the committed model), so the layers' updates to them barely count. The
+    rescale changes only their scale, not their content. (In the one run tried, answer training
+    still stayed at chance: see the README.)"""
+    features = model.model.get_video_features(
+        pixel_values_videos=video_pixels(processor, samples),
+        vision_feature_layer=model.config.vision_feature_layer,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+    ).pooler_output[:, :-1]  # each video's tokens, without the newline appended after them
+    factor = target_norm / float(features.norm(dim=-1).mean())
+    output_layer = model.model.multi_modal_projector.linear_2
+    output_layer.weight.mul_(factor)
+    output_layer.bias.mul_(factor)
+    for module in (model.model.vision_tower, model.model.multi_modal_projector):
+        module.requires_grad_(False)
+    return factor
 
 
 def answer_step(
@@ -340,6 +366,9 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
     running = np.zeros(2)
     for step in range(total_steps):
         stage = stage_at(plan, step)
+        if args.freeze_vision and step == args.vision_steps:
+            handoff = [clip(render_spec(next(specs), args.frames), 1, rng) for _ in range(args.vision_batch)]
+            print(json.dumps({"frozen_vision_rescaled_by": freeze_vision(model, processor, handoff, args.video_token_norm)}))
         if stage.vision_only:
             samples = [clip(render_spec(next(specs), args.frames), 1, rng) for _ in range(args.vision_batch)]
             answer_loss, aux_loss = torch.zeros(()), vision_loss(model, processor, heads, samples, spec, patch_tokens)
@@ -457,6 +486,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="curriculum stage 0: steps on the vision tower and projector alone (per-patch targets; "
         "see the README: with it the language model's stages stalled at chance)",
     )
+    parser.add_argument(
+        "--freeze-vision",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="1: after stage 0, freeze the vision tower and projector, rescaled to --video-token-norm",
+    )
+    parser.add_argument("--video-token-norm", type=float, default=5.0, help="mean video-token norm after --freeze-vision")
     parser.add_argument("--vision-batch", type=int, default=32, help="single frames per vision-only step")
     parser.add_argument("--vision-lr", type=float, default=1e-3)
     parser.add_argument(
@@ -485,6 +522,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = finish_args(parser, argv)
     if args.vision_steps and not args.aux_weight:
         parser.error("--vision-steps trains on the per-patch targets alone; it needs --aux-weight > 0")
+    if args.freeze_vision and not args.vision_steps:
+        parser.error("--freeze-vision freezes what stage 0 trained; it needs --vision-steps > 0")
     return args
 
 

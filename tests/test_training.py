@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.eval_clips import clip_accuracy
 from harness.models.llava_onevision import LlavaOnevisionAdapter
 from harness.models.tiny import (
     build_model,
@@ -19,9 +20,11 @@ from harness.train_tiny import (
     POST_PROMPT,
     PromptCodec,
     chat_prompt,
+    freeze_vision,
     parse_args,
     permuted_questions,
     tokenizer_corpus,
+    video_pixels,
 )
 from harness.train_tiny import train as train_tiny
 from harness.train_vq_attention import parse_args as parse_vq_args
@@ -66,7 +69,7 @@ def test_option_permutations_move_the_correct_option_to_distinct_letters():
 def test_train_tiny_writes_a_loadable_checkpoint_with_its_log(tmp_path):
     out = tmp_path / "model"
     args = parse_args(["--out", str(out), "--vision-steps", "1", "--vision-batch", "2", "--steps", "3",
-                       "--position-targets", "1", "--object-shape-weight", "3",
+                       "--freeze-vision", "1", "--position-targets", "1", "--object-shape-weight", "3",
                        "--single-frame-steps", "1", "--short-clip-steps", "1",
                        "--batch", "2", "--val-count", "6", "--log-every", "1", "--eval-every", "3",
                        "--tokenizer-samples", "48"])
@@ -87,6 +90,39 @@ def test_train_tiny_writes_a_loadable_checkpoint_with_its_log(tmp_path):
     record = json.loads((more / "training.json").read_text())
     assert record["spec"] == log["spec"] and record["previous_run"]["log"] == log["log"]
     assert record["total_minutes"] >= record["minutes"]
+
+
+def test_freeze_vision_rescales_video_tokens_and_stops_training_the_tower(bpe_checkpoint):
+    from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(bpe_checkpoint).train()
+    processor = AutoProcessor.from_pretrained(bpe_checkpoint)
+    samples = [render_spec(spec) for spec in sample_specs("train", 2)]
+
+    def video_tokens():
+        with torch.no_grad():
+            return model.model.get_video_features(
+                pixel_values_videos=video_pixels(processor, samples), vision_feature_layer=-1,
+                vision_feature_select_strategy="full").pooler_output[:, :-1]  # without the newline
+
+    before = video_tokens()
+    factor = freeze_vision(model, processor, samples, target_norm=5.0)
+    after = video_tokens()
+    assert after.norm(dim=-1).mean().item() == pytest.approx(5.0, rel=1e-4)
+    torch.testing.assert_close(after, before * factor, rtol=1e-4, atol=1e-5)
+    frozen = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
+    assert not any(p.requires_grad for p in frozen)
+    assert all(p.requires_grad for p in model.model.language_model.parameters())
+
+
+def test_clip_accuracy_scores_key_frame_clips_per_family(bpe_checkpoint):
+    adapter = LlavaOnevisionAdapter(str(bpe_checkpoint), device="cpu")
+    short = clip_accuracy(adapter.model, adapter.processor, adapter.tokenizer, frames=5, count=24)
+    full = clip_accuracy(adapter.model, adapter.processor, adapter.tokenizer, frames=16, count=24)
+    assert full["samples"] == 24  # a full-length clip is the video itself
+    assert 20 <= short["samples"] < 24  # counting videos with more than 5 key frames are skipped
+    assert {f"acc_{family}" for family in ("static", "motion", "needle")} <= set(short)
+    assert 0.0 <= short["accuracy"] <= 1.0
 
 
 def test_vq_attention_training_writes_what_mode_attention_loads(bpe_checkpoint, tmp_path):
