@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.models.llava_onevision import LlavaOnevisionAdapter
 from harness.train_curriculum import clip
 from harness.train_tiny import PromptCodec, evaluate
 from tasks.synthvqa.generate import render_spec, sample_specs
@@ -37,8 +38,6 @@ def clip_accuracy(model, processor, tokenizer, frames: int, count: int = 120, se
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from transformers import AutoProcessor, AutoTokenizer, LlavaOnevisionForConditionalGeneration
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--frames", type=int, nargs="+", default=[5, 8, 16])
@@ -46,11 +45,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(args.checkpoint).eval()
-    processor = AutoProcessor.from_pretrained(args.checkpoint)
-    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
+    adapter = LlavaOnevisionAdapter(str(args.checkpoint), device="cpu", dtype="float32")
     for frames in args.frames:
-        print(json.dumps({"frames": frames, **clip_accuracy(model, processor, tokenizer, frames, args.count)}), flush=True)
+        scores = clip_accuracy(adapter.model, adapter.processor, adapter.tokenizer, frames, args.count)
+        print(json.dumps({"frames": frames, **scores}), flush=True)
 
 
 if __name__ == "__main__":

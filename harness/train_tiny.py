@@ -213,24 +213,30 @@ def auxiliary_loss(
     patch_tokens: torch.Tensor,
     layer_hidden: torch.Tensor,
 ) -> torch.Tensor:
-    """The intermediate supervision of ``harness.train_targets`` for one batch."""
+    """The intermediate supervision of ``harness.train_targets`` for one batch (the per-patch part
+    only while the vision tower and projector still train)."""
     patch_px = patch_pixels(samples, spec)
-    colour, shape = patch_targets(samples, patch_px)
     onset, leader, motion = appearance_targets(samples, 2 * patch_px)  # LLaVA-OV pools 2x2 patches
     video = layer_hidden[:, codec.video_start : codec.video_start + onset.shape[1]]
     token_loss = heads.token_loss(video, onset, leader, motion)
-    if not patch_tokens.requires_grad:  # vision tower and projector frozen: nothing left to teach them
+    if not patch_tokens.requires_grad:  # frozen by --freeze-vision: nothing left to teach them
         return token_loss
-    return heads.patch_loss(patch_tokens, colour, shape) + token_loss
+    return heads.patch_loss(patch_tokens, *patch_targets(samples, patch_px)) + token_loss
+
+
+def video_tokens(model, processor, samples: Sequence[Sample]) -> torch.Tensor:
+    """The samples' video tokens as the language model receives them, without the newline
+    appended after each video: [B, T * cells, D]."""
+    return model.model.get_video_features(
+        pixel_values_videos=video_pixels(processor, samples),
+        vision_feature_layer=model.config.vision_feature_layer,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+    ).pooler_output[:, :-1]
 
 
 def vision_loss(model, processor, heads: AuxiliaryHeads, samples: Sequence[Sample], spec: TinySpec, patch_tokens: list) -> torch.Tensor:
     """The per-patch supervision alone, through the vision tower and projector only (curriculum stage 0)."""
-    model.model.get_video_features(
-        pixel_values_videos=video_pixels(processor, samples),
-        vision_feature_layer=model.config.vision_feature_layer,
-        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-    )
+    video_tokens(model, processor, samples)  # fills ``patch_tokens`` through the projector hook
     return heads.patch_loss(patch_tokens[0], *patch_targets(samples, patch_pixels(samples, spec)))
 
 
@@ -243,12 +249,7 @@ def freeze_vision(model, processor, samples: Sequence[Sample], target_norm: floa
     (norm 79 against 7 in the committed model), so the layers' updates to them barely count. The
     rescale changes only their scale, not their content. (In the one run tried, answer training
     still stayed at chance: see the README.)"""
-    features = model.model.get_video_features(
-        pixel_values_videos=video_pixels(processor, samples),
-        vision_feature_layer=model.config.vision_feature_layer,
-        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-    ).pooler_output[:, :-1]  # each video's tokens, without the newline appended after them
-    factor = target_norm / float(features.norm(dim=-1).mean())
+    factor = target_norm / float(video_tokens(model, processor, samples).norm(dim=-1).mean())
     output_layer = model.model.multi_modal_projector.linear_2
     output_layer.weight.mul_(factor)
     output_layer.bias.mul_(factor)

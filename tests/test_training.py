@@ -24,7 +24,7 @@ from harness.train_tiny import (
     parse_args,
     permuted_questions,
     tokenizer_corpus,
-    video_pixels,
+    video_tokens,
 )
 from harness.train_tiny import train as train_tiny
 from harness.train_vq_attention import parse_args as parse_vq_args
@@ -99,15 +99,10 @@ def test_freeze_vision_rescales_video_tokens_and_stops_training_the_tower(bpe_ch
     processor = AutoProcessor.from_pretrained(bpe_checkpoint)
     samples = [render_spec(spec) for spec in sample_specs("train", 2)]
 
-    def video_tokens():
-        with torch.no_grad():
-            return model.model.get_video_features(
-                pixel_values_videos=video_pixels(processor, samples), vision_feature_layer=-1,
-                vision_feature_select_strategy="full").pooler_output[:, :-1]  # without the newline
-
-    before = video_tokens()
-    factor = freeze_vision(model, processor, samples, target_norm=5.0)
-    after = video_tokens()
+    with torch.no_grad():
+        before = video_tokens(model, processor, samples)
+        factor = freeze_vision(model, processor, samples, target_norm=5.0)
+        after = video_tokens(model, processor, samples)
     assert after.norm(dim=-1).mean().item() == pytest.approx(5.0, rel=1e-4)
     torch.testing.assert_close(after, before * factor, rtol=1e-4, atol=1e-5)
     frozen = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
