@@ -13,8 +13,11 @@ letter) are learned fastest on short clips, so training runs in stages:
    tried so far (tower trained on, or frozen with ``--freeze-vision``) the language model then
    stayed at chance in the later stages (see the README);
 1. 1 frame, ``static`` and ``small_object`` only (one frame holds their whole answer);
-2. a few frames, every family whose answer survives cutting the video down to its key frames
-   (``static``, ``small_object``, ``motion``, ``needle``, ``order``);
+2. one or more short-clip stages of growing length (say 5, then 8, then 12 frames), each on every
+   family whose answer survives cutting the video down to that many frames: its key frames must
+   fit (``static``, ``small_object``, ``motion``, ``needle`` and ``order`` have at most 5;
+   ``counting`` up to 10). Going straight from 5 frames to 16 did not carry motion over; 5 then
+   8 frames did (see the README);
 3. all frames, every family (what evaluation asks).
 
 A clip keeps the video's key frames (first, last, and every frame at which some object appears
@@ -26,16 +29,17 @@ The rest of the clip is filled with other frames drawn at random, in temporal or
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from harness.train_targets import object_visibility
-from tasks.synthvqa.generate import FAMILIES, Sample
+from tasks.synthvqa.generate import FAMILIES, Sample, SampleSpec
 
 SINGLE_FRAME_FAMILIES = ("static", "small_object")
 KEY_FRAME_FAMILIES = ("static", "small_object", "motion", "needle", "order")
+COUNTING_KEY_FRAMES = 10  # first and last frame, plus on and off for each of up to 4 flashes
 
 
 @dataclass(frozen=True)
@@ -49,23 +53,34 @@ class Stage:
     vision_only: bool = False
 
 
+def clip_families(frames: int) -> tuple[str, ...]:
+    """The families whose key frames fit in a clip of ``frames`` frames."""
+    return FAMILIES if frames >= COUNTING_KEY_FRAMES else KEY_FRAME_FAMILIES
+
+
 def stages(
     vision_steps: int,
     total_steps: int,
     single_frame_steps: int,
-    short_clip_steps: int,
-    short_frames: int,
+    short_clip_steps: Sequence[int],
+    short_frames: Sequence[int],
     frames: int,
 ) -> list[Stage]:
-    """The curriculum: ``vision_steps`` vision-only steps, then single-frame, short-clip and
-    full-video stages of the whole model summing to ``total_steps``."""
-    if single_frame_steps + short_clip_steps > total_steps:
+    """The curriculum: ``vision_steps`` vision-only steps, then a single-frame stage, one short-clip
+    stage per entry of ``short_frames`` (``short_clip_steps`` steps each) and a full-video stage,
+    all of the whole model and summing to ``total_steps``."""
+    if len(short_clip_steps) != len(short_frames):
+        raise ValueError(f"{len(short_frames)} short-clip lengths but {len(short_clip_steps)} step counts")
+    if not all(1 < length < frames for length in short_frames):
+        raise ValueError(f"short clips must have between 2 and {frames - 1} frames, got {list(short_frames)}")
+    full_steps = total_steps - single_frame_steps - sum(short_clip_steps)
+    if full_steps < 0:
         raise ValueError("the curriculum's single-frame and short-clip stages are longer than the whole run")
     plan = [
         Stage(1, FAMILIES, vision_steps, vision_only=True),
         Stage(1, SINGLE_FRAME_FAMILIES, single_frame_steps),
-        Stage(short_frames, KEY_FRAME_FAMILIES, short_clip_steps),
-        Stage(frames, FAMILIES, total_steps - single_frame_steps - short_clip_steps),
+        *(Stage(length, clip_families(length), steps) for length, steps in zip(short_frames, short_clip_steps)),
+        Stage(frames, FAMILIES, full_steps),
     ]
     return [stage for stage in plan if stage.steps > 0]
 
@@ -78,6 +93,23 @@ def stage_at(plan: Sequence[Stage], step: int) -> Stage:
         if step < end:
             return stage
     return plan[-1]
+
+
+def draw_specs(
+    specs: Iterator[SampleSpec],
+    families: Sequence[str],
+    weights: Mapping[str, float],
+    count: int,
+    rng: np.random.Generator,
+) -> list[SampleSpec]:
+    """The next ``count`` training samples of ``families``: in the order ``specs`` yields them
+    (families round-robin), or, given ``weights`` (a family's relative share, 1 for those not
+    named), each sample's family drawn at random first."""
+    if not weights:
+        return [next(s for s in specs if s.family in families) for _ in range(count)]
+    share = np.array([weights.get(family, 1.0) for family in families])
+    drawn = rng.choice(len(families), size=count, p=share / share.sum())
+    return [next(s for s in specs if s.family == families[i]) for i in drawn]
 
 
 def key_frames(sample: Sample) -> list[int]:

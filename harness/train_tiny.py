@@ -43,7 +43,7 @@ from harness.models.tiny import (
     build_tokenizer,
     save_checkpoint,
 )
-from harness.train_curriculum import clip, stage_at, stages
+from harness.train_curriculum import clip, draw_specs, stage_at, stages
 from harness.train_targets import AuxiliaryHeads, appearance_targets, patch_targets
 from tasks.synthvqa.generate import FAMILIES, LETTERS, Sample, render_spec, sample_specs
 from tasks.synthvqa.utils import synthvqa_doc_to_text
@@ -262,7 +262,7 @@ def answer_step(
     args, model, processor, codec: PromptCodec, stage, specs, rng, heads, spec: TinySpec, patch_tokens: list
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch of a question-answering stage: (answer loss, auxiliary loss)."""
-    picked = [next(s for s in specs if s.family in stage.families) for _ in range(args.batch)]
+    picked = draw_specs(specs, stage.families, args.family_weights, args.batch, rng)
     samples = [clip(render_spec(s, args.frames), stage.frames, rng) for s in picked]
     suffixes = []
     for sample in samples:
@@ -506,10 +506,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--short-clip-steps",
         type=int,
-        default=600,
-        help="curriculum stage 2: steps on key-frame clips of every family but counting",
+        nargs="+",
+        default=[600],
+        help="curriculum stage 2: steps on key-frame clips, one count per --short-frames length",
     )
-    parser.add_argument("--short-frames", type=int, default=5, help="frames per clip in stage 2")
+    parser.add_argument(
+        "--short-frames",
+        type=int,
+        nargs="+",
+        default=[5],
+        help="frames per clip of each short-clip stage, in training order (e.g. 5 8 12)",
+    )
+    parser.add_argument(
+        "--family-weights",
+        nargs="*",
+        default=[],
+        metavar="FAMILY=WEIGHT",
+        help="relative share of a family in the question-answering batches (1 for those not named); "
+        "none given: families round-robin",
+    )
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -525,7 +540,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--vision-steps trains on the per-patch targets alone; it needs --aux-weight > 0")
     if args.freeze_vision and not args.vision_steps:
         parser.error("--freeze-vision freezes what stage 0 trained; it needs --vision-steps > 0")
+    if len(args.short_clip_steps) != len(args.short_frames):
+        parser.error("--short-clip-steps needs one step count per --short-frames length")
+    args.family_weights = parse_family_weights(parser, args.family_weights)
     return args
+
+
+def parse_family_weights(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, float]:
+    """``FAMILY=WEIGHT`` items as a dict, each family known and each weight positive."""
+    weights = {}
+    for item in items:
+        family, _, weight = item.partition("=")
+        if family not in FAMILIES:
+            parser.error(f"--family-weights: unknown family {family!r}; expected one of {FAMILIES}")
+        try:
+            weights[family] = float(weight)
+        except ValueError:
+            parser.error(f"--family-weights: {item!r} is not FAMILY=WEIGHT")
+        if weights[family] <= 0:
+            parser.error(f"--family-weights: {family}'s weight must be positive")
+    return weights
 
 
 def main(argv: Sequence[str] | None = None) -> None:

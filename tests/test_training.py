@@ -68,14 +68,14 @@ def test_option_permutations_move_the_correct_option_to_distinct_letters():
 
 def test_train_tiny_writes_a_loadable_checkpoint_with_its_log(tmp_path):
     out = tmp_path / "model"
-    args = parse_args(["--out", str(out), "--vision-steps", "1", "--vision-batch", "2", "--steps", "3",
+    args = parse_args(["--out", str(out), "--vision-steps", "1", "--vision-batch", "2", "--steps", "4",
                        "--freeze-vision", "1", "--position-targets", "1", "--object-shape-weight", "3",
-                       "--single-frame-steps", "1", "--short-clip-steps", "1",
-                       "--batch", "2", "--val-count", "6", "--log-every", "1", "--eval-every", "3",
+                       "--single-frame-steps", "1", "--short-clip-steps", "1", "1", "--short-frames", "5", "12",
+                       "--family-weights", "motion=2", "counting=3", "--batch", "2", "--val-count", "6", "--log-every", "1", "--eval-every", "3",
                        "--tokenizer-samples", "48"])
     train_tiny(args, spec=TEST_SPEC)
     log = json.loads((out / "training.json").read_text())
-    assert [(entry["step"], entry["frames"]) for entry in log["log"]] == [(1, 1), (2, 1), (3, 5), (4, 16)]
+    assert [(entry["step"], entry["frames"]) for entry in log["log"]] == [(1, 1), (2, 1), (3, 5), (4, 12), (5, 16)]
     assert log["log"][0]["vision_only"] and "vision_only" not in log["log"][1]
     assert all(entry["aux_loss"] > 0 for entry in log["log"])
     assert set(log["final_val"]) >= {"accuracy", "acc_needle"}
