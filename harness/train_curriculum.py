@@ -35,11 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.train_targets import object_visibility
-from tasks.synthvqa.generate import FAMILIES, Sample, SampleSpec
+from tasks.synthvqa.generate import COUNTS, FAMILIES, Sample, SampleSpec
 
 SINGLE_FRAME_FAMILIES = ("static", "small_object")
 KEY_FRAME_FAMILIES = ("static", "small_object", "motion", "needle", "order")
-COUNTING_KEY_FRAMES = 10  # first and last frame, plus on and off for each of up to 4 flashes
+COUNTING_KEY_FRAMES = 2 + 2 * int(COUNTS[-1])  # first and last frame, plus on and off for each flash
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,7 @@ def freeze_vision(model, processor, samples: Sequence[Sample], target_norm: floa
     output rescaled so that video tokens have mean norm ``target_norm``; returns the factor.
 
     The vision-only stage leaves video tokens far larger than the language model's residual stream
-    (norm 79 against 7 in the committed model), so the layers' updates to them barely count. The
+    (norm 79 against 7 in run 1's model, see the README), so the layers' updates to them barely count. The
     rescale changes only their scale, not their content. (In the one run tried, answer training
     still stayed at chance: see the README.)"""
     factor = target_norm / float(video_tokens(model, processor, samples).norm(dim=-1).mean())
@@ -540,8 +540,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--vision-steps trains on the per-patch targets alone; it needs --aux-weight > 0")
     if args.freeze_vision and not args.vision_steps:
         parser.error("--freeze-vision freezes what stage 0 trained; it needs --vision-steps > 0")
-    if len(args.short_clip_steps) != len(args.short_frames):
-        parser.error("--short-clip-steps needs one step count per --short-frames length")
+    try:  # the curriculum's own checks: step counts per length, lengths, total
+        stages(args.vision_steps, args.steps, args.single_frame_steps, args.short_clip_steps, args.short_frames, args.frames)
+    except ValueError as error:
+        parser.error(f"curriculum: {error}")
     args.family_weights = parse_family_weights(parser, args.family_weights)
     return args
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from harness.train_curriculum import (
+    COUNTING_KEY_FRAMES,
     KEY_FRAME_FAMILIES,
     SINGLE_FRAME_FAMILIES,
     clip,
@@ -53,7 +54,7 @@ def test_a_clip_keeps_every_key_frame_so_its_answer_stands():
         short_changes = np.diff(object_visibility(short).astype(int), axis=1)
         assert (np.abs(full_changes).sum(1) == np.abs(short_changes).sum(1)).all()
         assert short.answer == sample.answer and short.question == sample.question
-    assert len(key_frames(render_spec(next(s for s in sample_specs("train", 6) if s.family == "counting")))) <= 10
+    assert len(key_frames(render_spec(next(s for s in sample_specs("train", 6) if s.family == "counting")))) <= COUNTING_KEY_FRAMES
 
 
 def test_a_clip_too_short_for_its_key_frames_is_an_error():

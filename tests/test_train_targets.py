@@ -84,7 +84,6 @@ def test_auxiliary_losses_are_finite_and_reach_every_head():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.parameters())
 
 
-
 def test_patch_extras_add_to_the_default_loss_only_when_asked():
     torch.manual_seed(0)
     samples = [render_sample(3, "static")]
