@@ -45,6 +45,7 @@ from harness.models.tiny import (
 )
 from harness.train_curriculum import clip, draw_specs, stage_at, stages
 from harness.train_targets import AuxiliaryHeads, appearance_targets, patch_targets
+from harness.train_token_subsets import draw_keep_count, random_subsets, subset_prefix_embeds
 from tasks.synthvqa.generate import FAMILIES, LETTERS, Sample, render_spec, sample_specs
 from tasks.synthvqa.utils import synthvqa_doc_to_text
 
@@ -145,21 +146,29 @@ def target_logits(
     suffixes: list[tuple[list[int], int]],
     copies: int,
     prefix_hidden: list | None = None,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, V] at every position that predicts a target token, and those targets [N].
 
     ``pixels`` is [B, T, C, H, W]; suffix ``i`` (ids, number of trailing targets) belongs to
     video ``i // copies``. Targets come suffix by suffix, in order. If ``prefix_hidden`` is a
-    list, the prefix's hidden states (embeddings, then every layer) are appended to it.
+    list, the prefix's hidden states (embeddings, then every layer) are appended to it. With
+    ``keep`` [B, k] the prefix holds only those video tokens (``harness.train_token_subsets``).
     """
     batch = pixels.shape[0]
-    prefix = torch.tensor(codec.prefix).expand(batch, -1)
-    out = model.model(
-        input_ids=prefix,
-        pixel_values_videos=pixels,
-        use_cache=True,
-        output_hidden_states=prefix_hidden is not None,
-    )
+    if keep is None:
+        prefix = torch.tensor(codec.prefix).expand(batch, -1)
+        out = model.model(
+            input_ids=prefix,
+            pixel_values_videos=pixels,
+            use_cache=True,
+            output_hidden_states=prefix_hidden is not None,
+        )
+    else:
+        embeds = subset_prefix_embeds(model.model, codec.head[:-1], video_features(model, pixels), keep)
+        out = model.model.language_model(
+            inputs_embeds=embeds, use_cache=True, output_hidden_states=prefix_hidden is not None
+        )
     if prefix_hidden is not None:
         prefix_hidden.extend(out.hidden_states)
     cache = out.past_key_values
@@ -224,14 +233,19 @@ def auxiliary_loss(
     return heads.patch_loss(patch_tokens, *patch_targets(samples, patch_px)) + token_loss
 
 
+def video_features(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Video tokens as the language model receives them, the newline last: [B, T * cells + 1, D]."""
+    return model.model.get_video_features(
+        pixel_values_videos=pixels,
+        vision_feature_layer=model.config.vision_feature_layer,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+    ).pooler_output
+
+
 def video_tokens(model, processor, samples: Sequence[Sample]) -> torch.Tensor:
     """The samples' video tokens as the language model receives them, without the newline
     appended after each video: [B, T * cells, D]."""
-    return model.model.get_video_features(
-        pixel_values_videos=video_pixels(processor, samples),
-        vision_feature_layer=model.config.vision_feature_layer,
-        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-    ).pooler_output[:, :-1]
+    return video_features(model, video_pixels(processor, samples))[:, :-1]
 
 
 def vision_loss(model, processor, heads: AuxiliaryHeads, samples: Sequence[Sample], spec: TinySpec, patch_tokens: list) -> torch.Tensor:
@@ -271,11 +285,15 @@ def answer_step(
         if args.open_ended:
             suffixes.append(codec.open_suffix(sample.question, correct_option(sample)))
     copies = args.permutations + int(args.open_ended)
+    keep = None
+    if args.subset_share and rng.random() < args.subset_share:
+        total = codec.num_video_tokens - 1  # the newline is always kept
+        keep = random_subsets(len(samples), total, draw_keep_count(total, *args.subset_keep, rng), rng)
     hidden: list[torch.Tensor] = []
-    logits, targets = target_logits(model, codec, video_pixels(processor, samples), suffixes, copies, hidden)
+    logits, targets = target_logits(model, codec, video_pixels(processor, samples), suffixes, copies, hidden, keep)
     answer_loss = F.cross_entropy(logits, targets)
     aux_loss = torch.zeros(())
-    if heads is not None:
+    if heads is not None and keep is None:  # the per-token targets are for the whole video
         aux_loss = auxiliary_loss(heads, samples, spec, codec, patch_tokens[0], hidden[args.aux_layer])
     return answer_loss, aux_loss
 
@@ -525,6 +543,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="relative share of a family in the question-answering batches (1 for those not named); "
         "none given: families round-robin",
     )
+    parser.add_argument(
+        "--subset-share",
+        type=float,
+        default=0.0,
+        help="share of question-answering steps that see a random subset of the video tokens "
+        "(harness.train_token_subsets; 0: off)",
+    )
+    parser.add_argument(
+        "--subset-keep",
+        type=float,
+        nargs=2,
+        default=[0.01, 0.3],
+        metavar=("LOW", "HIGH"),
+        help="range of the kept fraction in a subset step (drawn log-uniformly)",
+    )
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -544,6 +577,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         stages(args.vision_steps, args.steps, args.single_frame_steps, args.short_clip_steps, args.short_frames, args.frames)
     except ValueError as error:
         parser.error(f"curriculum: {error}")
+    if not 0 <= args.subset_share <= 1:
+        parser.error("--subset-share must be in [0, 1]")
+    low, high = args.subset_keep
+    if not 0 < low <= high <= 1:
+        parser.error("--subset-keep needs 0 < LOW <= HIGH <= 1")
     args.family_weights = parse_family_weights(parser, args.family_weights)
     return args
 

@@ -85,8 +85,8 @@ def test_train_tiny_writes_a_loadable_checkpoint_with_its_log(tmp_path):
     more = tmp_path / "continued"
     train_tiny(parse_args(["--out", str(more), "--init", str(out), "--vision-steps", "0", "--steps", "1",
                            "--single-frame-steps", "0",
-                           "--short-clip-steps", "0", "--batch", "2", "--val-count", "6", "--log-every", "1",
-                           "--eval-every", "1"]))
+                           "--short-clip-steps", "0", "--subset-share", "1", "--batch", "2", "--val-count", "6",
+                           "--log-every", "1", "--eval-every", "1"]))
     record = json.loads((more / "training.json").read_text())
     assert record["spec"] == log["spec"] and record["previous_run"]["log"] == log["log"]
     assert record["total_minutes"] >= record["minutes"]
