@@ -3,7 +3,9 @@
 End to end on the real pipeline (mp4 -> frames -> processor -> vision tower -> reducer -> LLM
 -> greedy answer -> lmms-eval's scoring function) on the first 36 test samples (6 per family).
 The floors are far below what the model scores and far above chance (25%): a reducer that
-loses what the LLM needs falls under them. The VQ-Attention checkpoint (the base fine-tuned with
+loses what the LLM needs falls under them. At 1% of the tokens (8 of 785) the ranking must
+show: DivPrune, which keeps the most distinct tokens (the objects), clears the lower floor,
+and uniform pooling, which averages them into the background, does not. The VQ-Attention checkpoint (the base fine-tuned with
 the module in the loop) must clear the lower floor in attention mode, where the untrained
 codebook-only mode on the base model sits at chance.
 """
@@ -67,6 +69,11 @@ def test_full_clears_the_floor(adapter, docs):
 
 def test_a_sane_reducer_at_a_quarter_of_the_tokens_clears_a_lower_floor(adapter, docs):
     assert _accuracy(adapter, build_reducer("divprune", {"retain": 0.25}), docs) >= REDUCED_FLOOR
+
+
+def test_at_one_percent_diverse_tokens_clear_the_lower_floor_and_pooled_ones_do_not(adapter, docs):
+    assert _accuracy(adapter, build_reducer("divprune", {"retain": 0.01}), docs) >= REDUCED_FLOOR
+    assert _accuracy(adapter, build_reducer("uniform_pool", {"retain": 0.01}), docs) < REDUCED_FLOOR
 
 
 def test_a_reducer_that_wipes_the_tokens_misses_the_floor(adapter, docs):
