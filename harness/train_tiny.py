@@ -17,7 +17,8 @@ is cross-entropy on the answer letter and the end-of-turn token. With ``--open-e
 (default) each video also gets the question without options, answered with the correct
 option's text: from scratch, the letter alone gives no signal until the model both sees the
 answer and links it to its letter (training sat at chance for 450 steps without it), whereas
-naming what it sees is learnable directly. Validation renders the val
+naming what it sees is learnable directly. With ``--subset-share`` some steps show each video
+only a random subset of its tokens (``harness.train_token_subsets``). Validation renders the val
 split's samples in memory and scores the greedy first token, as ``full`` would answer.
 """
 
@@ -45,7 +46,7 @@ from harness.models.tiny import (
 )
 from harness.train_curriculum import clip, draw_specs, stage_at, stages
 from harness.train_targets import AuxiliaryHeads, appearance_targets, patch_targets
-from harness.train_token_subsets import draw_keep_count, random_subsets, subset_prefix_embeds
+from harness.train_token_subsets import check_keep_range, draw_keep_count, random_subsets, subset_prefix_embeds
 from tasks.synthvqa.generate import FAMILIES, LETTERS, Sample, render_spec, sample_specs
 from tasks.synthvqa.utils import synthvqa_doc_to_text
 
@@ -579,9 +580,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"curriculum: {error}")
     if not 0 <= args.subset_share <= 1:
         parser.error("--subset-share must be in [0, 1]")
-    low, high = args.subset_keep
-    if not 0 < low <= high <= 1:
-        parser.error("--subset-keep needs 0 < LOW <= HIGH <= 1")
+    try:
+        check_keep_range(*args.subset_keep)
+    except ValueError as error:
+        parser.error(f"--subset-keep: {error}")
     args.family_weights = parse_family_weights(parser, args.family_weights)
     return args
 

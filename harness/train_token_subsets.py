@@ -19,10 +19,15 @@ import numpy as np
 import torch
 
 
-def draw_keep_count(total: int, low: float, high: float, rng: np.random.Generator) -> int:
-    """How many of ``total`` tokens a subset step keeps: round(total * f), f log-uniform in [low, high], at least 1."""
+def check_keep_range(low: float, high: float) -> None:
+    """Refuse a kept-fraction range outside 0 < low <= high <= 1."""
     if not 0 < low <= high <= 1:
         raise ValueError(f"subset keep fractions must satisfy 0 < low <= high <= 1, got {low}, {high}")
+
+
+def draw_keep_count(total: int, low: float, high: float, rng: np.random.Generator) -> int:
+    """How many of ``total`` tokens a subset step keeps: round(total * f), f log-uniform in [low, high], at least 1."""
+    check_keep_range(low, high)
     fraction = math.exp(rng.uniform(math.log(low), math.log(high)))
     return max(1, round(total * fraction))
 
