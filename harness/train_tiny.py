@@ -290,11 +290,12 @@ def answer_step(
     if args.subset_share and rng.random() < args.subset_share:
         total = codec.num_video_tokens - 1  # the newline is always kept
         keep = random_subsets(len(samples), total, draw_keep_count(total, *args.subset_keep, rng), rng)
-    hidden: list[torch.Tensor] = []
+    supervised = heads is not None and keep is None  # the per-token targets are for the whole video
+    hidden: list[torch.Tensor] | None = [] if supervised else None  # hidden states only when the heads read them
     logits, targets = target_logits(model, codec, video_pixels(processor, samples), suffixes, copies, hidden, keep)
     answer_loss = F.cross_entropy(logits, targets)
     aux_loss = torch.zeros(())
-    if heads is not None and keep is None:  # the per-token targets are for the whole video
+    if supervised:
         aux_loss = auxiliary_loss(heads, samples, spec, codec, patch_tokens[0], hidden[args.aux_layer])
     return answer_loss, aux_loss
 
