@@ -46,7 +46,13 @@ from harness.models.tiny import (
 )
 from harness.train_curriculum import clip, draw_specs, stage_at, stages
 from harness.train_targets import AuxiliaryHeads, appearance_targets, patch_targets
-from harness.train_token_subsets import check_keep_range, draw_keep_count, random_subsets, subset_prefix_embeds
+from harness.train_token_subsets import (
+    check_keep_range,
+    draw_keep_count,
+    is_subset_step,
+    random_subsets,
+    subset_prefix_embeds,
+)
 from tasks.synthvqa.generate import FAMILIES, LETTERS, Sample, render_spec, sample_specs
 from tasks.synthvqa.utils import synthvqa_doc_to_text
 
@@ -274,9 +280,9 @@ def freeze_vision(model, processor, samples: Sequence[Sample], target_norm: floa
 
 
 def answer_step(
-    args, model, processor, codec: PromptCodec, stage, specs, rng, heads, spec: TinySpec, patch_tokens: list
+    args, model, processor, codec: PromptCodec, stage, specs, rng, heads, spec: TinySpec, patch_tokens: list, step: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of a question-answering stage: (answer loss, auxiliary loss)."""
+    """One batch of a question-answering stage at training step ``step``: (answer loss, auxiliary loss)."""
     picked = draw_specs(specs, stage.families, args.family_weights, args.batch, rng)
     samples = [clip(render_spec(s, args.frames), stage.frames, rng) for s in picked]
     suffixes = []
@@ -287,7 +293,7 @@ def answer_step(
             suffixes.append(codec.open_suffix(sample.question, correct_option(sample)))
     copies = args.permutations + int(args.open_ended)
     keep = None
-    if args.subset_share and rng.random() < args.subset_share:
+    if is_subset_step(args.subset_share, args.subset_from, step, rng):
         total = codec.num_video_tokens - 1  # the newline is always kept
         keep = random_subsets(len(samples), total, draw_keep_count(total, *args.subset_keep, rng), rng)
     supervised = heads is not None and keep is None  # the per-token targets are for the whole video
@@ -395,7 +401,9 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
             answer_loss, aux_loss = torch.zeros(()), vision_loss(model, processor, heads, samples, spec, patch_tokens)
             rate = learning_rate(step, args.vision_steps, args.vision_lr, args.warmup)
         else:
-            answer_loss, aux_loss = answer_step(args, model, processor, codecs[stage.frames], stage, specs, rng, heads, spec, patch_tokens)
+            answer_loss, aux_loss = answer_step(
+                args, model, processor, codecs[stage.frames], stage, specs, rng, heads, spec, patch_tokens, step
+            )
             rate = learning_rate(step - args.vision_steps, args.steps, args.lr, args.warmup)
         loss = answer_loss + args.aux_weight * aux_loss
         for group in optimizer.param_groups:
@@ -553,6 +561,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(harness.train_token_subsets; 0: off)",
     )
     parser.add_argument(
+        "--subset-from",
+        type=int,
+        default=0,
+        help="first training step (0-based, over every stage) that may be a subset step; with "
+        "subsets from the start, the single-frame and 5-frame stages learned more slowly (see the README)",
+    )
+    parser.add_argument(
         "--subset-keep",
         type=float,
         nargs=2,
@@ -581,6 +596,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"curriculum: {error}")
     if not 0 <= args.subset_share <= 1:
         parser.error("--subset-share must be in [0, 1]")
+    if args.subset_from < 0:
+        parser.error("--subset-from must be >= 0")
     try:
         check_keep_range(*args.subset_keep)
     except ValueError as error:

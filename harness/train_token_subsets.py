@@ -4,7 +4,7 @@ tokens a reducer leaves it.
 A model trained only on all 784 video tokens learns to lean on their redundancy: the committed
 checkpoint of runs 1-3 answered at chance with any reducer at 1% of the tokens, even where the
 kept tokens held the answer (see the README). In a "subset" step (``--subset-share`` of the
-question-answering steps) each video keeps a random ``keep`` fraction of its tokens, drawn
+question-answering steps, from step ``--subset-from`` on) each video keeps a random ``keep`` fraction of its tokens, drawn
 log-uniformly from ``--subset-keep LOW HIGH``, in their original order and followed by the
 video newline, as a pre-LLM reducer hands them over (compact positions, the engine's default).
 The subsets are uniform over all tokens, not chosen by any method, so no reducer is favoured:
@@ -23,6 +23,12 @@ def check_keep_range(low: float, high: float) -> None:
     """Refuse a kept-fraction range outside 0 < low <= high <= 1."""
     if not 0 < low <= high <= 1:
         raise ValueError(f"subset keep fractions must satisfy 0 < low <= high <= 1, got {low}, {high}")
+
+
+def is_subset_step(share: float, first_step: int, step: int, rng: np.random.Generator) -> bool:
+    """Whether training step ``step`` is a subset step: from ``first_step`` on, with probability
+    ``share``. ``rng`` is drawn from only then, so earlier steps see the same samples as without subsets."""
+    return bool(share) and step >= first_step and bool(rng.random() < share)
 
 
 def draw_keep_count(total: int, low: float, high: float, rng: np.random.Generator) -> int:

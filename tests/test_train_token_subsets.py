@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.train_tiny import PromptCodec, parse_args, target_logits, video_pixels
-from harness.train_token_subsets import draw_keep_count, random_subsets, subset_prefix_embeds
+from harness.train_token_subsets import draw_keep_count, is_subset_step, random_subsets, subset_prefix_embeds
 from tasks.synthvqa.generate import render_spec, sample_specs
 
 
@@ -19,6 +19,17 @@ def test_keep_counts_stay_in_the_range_and_are_log_uniform():
     # log-uniform: half of the draws below the geometric mean of the ends (sqrt(0.003) * 784 = 42.9)
     assert 0.46 < np.mean(counts <= 43) < 0.54
     assert draw_keep_count(10, 0.01, 0.02, rng) == 1  # never zero tokens
+
+
+def test_subset_steps_start_at_the_first_step_and_follow_the_share():
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert not any(is_subset_step(1.0, 100, step, rng) for step in range(100))
+    assert not any(is_subset_step(0.0, 0, step, rng) for step in range(100))
+    assert rng.bit_generator.state == state  # no draw before the first step or without a share
+    assert all(is_subset_step(1.0, 100, step, rng) for step in range(100, 150))
+    share = np.mean([is_subset_step(0.25, 0, step, rng) for step in range(4000)])
+    assert 0.22 < share < 0.28
 
 
 @pytest.mark.parametrize("low, high", [(0.0, 0.5), (0.5, 0.2), (0.1, 1.5)])
@@ -70,7 +81,12 @@ def test_subset_prefix_is_head_then_kept_tokens_then_newline(model_and_codec):
 
 
 @pytest.mark.parametrize(
-    "option, message", [(["--subset-share", "1.5"], "subset-share"), (["--subset-keep", "0", "0.3"], "subset-keep")]
+    "option, message",
+    [
+        (["--subset-share", "1.5"], "subset-share"),
+        (["--subset-keep", "0", "0.3"], "subset-keep"),
+        (["--subset-from", "-1"], "subset-from"),
+    ],
 )
 def test_bad_subset_options_are_usage_errors(option, message, capsys):
     with pytest.raises(SystemExit):
