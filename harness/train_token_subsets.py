@@ -6,9 +6,10 @@ checkpoint of runs 1-3 answered at chance with any reducer at 1% of the tokens, 
 kept tokens held the answer (see the README). In a "subset" step (``--subset-share`` of the
 question-answering steps, from step ``--subset-from`` on) each video keeps a random ``keep``
 fraction of its tokens, drawn log-uniformly from ``--subset-keep LOW HIGH``, in their original
-order and followed by the video newline, as a pre-LLM reducer hands them over (compact positions, the engine's default).
-The subsets are uniform over all tokens, not chosen by any method, so no reducer is favoured:
-a reducer still scores only as well as the tokens it keeps allow.
+order and followed by the video newline, as a pre-LLM reducer hands them over (compact
+positions, the engine's default). The subsets are uniform over all tokens, not chosen by any
+method, so no reducer is favoured: a reducer still scores only as well as the tokens it keeps
+allow.
 """
 
 from __future__ import annotations
