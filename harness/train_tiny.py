@@ -267,9 +267,9 @@ def freeze_vision(model, processor, samples: Sequence[Sample], target_norm: floa
     output rescaled so that video tokens have mean norm ``target_norm``; returns the factor.
 
     The vision-only stage leaves video tokens far larger than the language model's residual stream
-    (norm 79 against 7 in run 1's model, see the README), so the layers' updates to them barely count. The
-    rescale changes only their scale, not their content. (In the one run tried, answer training
-    still stayed at chance: see the README.)"""
+    (norm 79 against 7 in run 1's model, see the README), so the layers' updates to them barely
+    count. The rescale changes only their scale, not their content. (In the one run tried, answer
+    training still stayed at chance: see the README.)"""
     factor = target_norm / float(video_tokens(model, processor, samples).norm(dim=-1).mean())
     output_layer = model.model.multi_modal_projector.linear_2
     output_layer.weight.mul_(factor)
@@ -591,7 +591,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.freeze_vision and not args.vision_steps:
         parser.error("--freeze-vision freezes what stage 0 trained; it needs --vision-steps > 0")
     try:  # the curriculum's own checks: step counts per length, lengths, total
-        stages(args.vision_steps, args.steps, args.single_frame_steps, args.short_clip_steps, args.short_frames, args.frames)
+        stages(
+            args.vision_steps, args.steps, args.single_frame_steps, args.short_clip_steps, args.short_frames, args.frames
+        )
     except ValueError as error:
         parser.error(f"curriculum: {error}")
     if not 0 <= args.subset_share <= 1:

@@ -79,4 +79,3 @@ def test_draw_specs_follows_the_family_weights():
 def test_draw_specs_without_weights_takes_the_families_round_robin():
     drawn = draw_specs(sample_specs("train", 60), ("motion", "order"), {}, 4, np.random.default_rng(0))
     assert [spec.family for spec in drawn] == ["motion", "order", "motion", "order"]
-

@@ -71,7 +71,8 @@ def test_train_tiny_writes_a_loadable_checkpoint_with_its_log(tmp_path):
     args = parse_args(["--out", str(out), "--vision-steps", "1", "--vision-batch", "2", "--steps", "4",
                        "--freeze-vision", "1", "--position-targets", "1", "--object-shape-weight", "3",
                        "--single-frame-steps", "1", "--short-clip-steps", "1", "1", "--short-frames", "5", "12",
-                       "--family-weights", "motion=2", "counting=3", "--batch", "2", "--val-count", "6", "--log-every", "1", "--eval-every", "3",
+                       "--family-weights", "motion=2", "counting=3",
+                       "--batch", "2", "--val-count", "6", "--log-every", "1", "--eval-every", "3",
                        "--tokenizer-samples", "48"])
     train_tiny(args, spec=TEST_SPEC)
     log = json.loads((out / "training.json").read_text())
