@@ -45,7 +45,7 @@ from harness.models.tiny import (
     save_checkpoint,
 )
 from harness.train_curriculum import clip, draw_specs, stage_at, stages
-from harness.train_targets import AuxiliaryHeads, appearance_targets, patch_targets
+from harness.train_targets import AuxiliaryHeads, appearance_targets, object_cell_coverage, patch_targets
 from harness.train_token_subsets import (
     check_keep_range,
     draw_keep_count,
@@ -227,6 +227,7 @@ def auxiliary_loss(
     spec: TinySpec,
     codec: PromptCodec,
     patch_tokens: torch.Tensor,
+    input_hidden: torch.Tensor,
     layer_hidden: torch.Tensor,
 ) -> torch.Tensor:
     """The intermediate supervision of ``harness.train_targets`` for one batch (the per-patch part
@@ -237,7 +238,12 @@ def auxiliary_loss(
     token_loss = heads.token_loss(video, onset, leader, motion)
     if not patch_tokens.requires_grad:  # frozen by --freeze-vision: nothing left to teach them
         return token_loss
-    return heads.patch_loss(patch_tokens, *patch_targets(samples, patch_px)) + token_loss
+    loss = heads.patch_loss(patch_tokens, *patch_targets(samples, patch_px)) + token_loss
+    if heads.summary is not None:
+        frames = samples[0].layout.shape[0]
+        coverage = object_cell_coverage(samples, 2 * patch_px)
+        loss = loss + heads.object_loss(input_hidden[:, codec.video_start : codec.video_start + onset.shape[1]], frames, *coverage)
+    return loss
 
 
 def video_features(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -256,9 +262,15 @@ def video_tokens(model, processor, samples: Sequence[Sample]) -> torch.Tensor:
 
 
 def vision_loss(model, processor, heads: AuxiliaryHeads, samples: Sequence[Sample], spec: TinySpec, patch_tokens: list) -> torch.Tensor:
-    """The per-patch supervision alone, through the vision tower and projector only (curriculum stage 0)."""
-    video_tokens(model, processor, samples)  # fills ``patch_tokens`` through the projector hook
-    return heads.patch_loss(patch_tokens[0], *patch_targets(samples, patch_pixels(samples, spec)))
+    """The per-patch supervision (and the object summaries, when on) through the vision tower and
+    projector only (curriculum stage 0)."""
+    tokens = video_tokens(model, processor, samples)  # also fills ``patch_tokens`` through the projector hook
+    patch_px = patch_pixels(samples, spec)
+    loss = heads.patch_loss(patch_tokens[0], *patch_targets(samples, patch_px))
+    if heads.summary is not None:
+        frames = samples[0].layout.shape[0]
+        loss = loss + heads.object_loss(tokens, frames, *object_cell_coverage(samples, 2 * patch_px))
+    return loss
 
 
 @torch.no_grad()
@@ -302,7 +314,7 @@ def answer_step(
     answer_loss = F.cross_entropy(logits, targets)
     aux_loss = torch.zeros(())
     if supervised:
-        aux_loss = auxiliary_loss(heads, samples, spec, codec, patch_tokens[0], hidden[args.aux_layer])
+        aux_loss = auxiliary_loss(heads, samples, spec, codec, patch_tokens[0], hidden[0], hidden[args.aux_layer])
     return answer_loss, aux_loss
 
 
@@ -381,7 +393,7 @@ def train(args: argparse.Namespace, spec: TinySpec = DEFAULT_SPEC) -> Path:
     heads = None
     if args.aux_weight:
         grid = spec.image_size // spec.patch_size if args.position_targets else None
-        heads = AuxiliaryHeads(spec.text_hidden, grid, args.object_shape_weight)
+        heads = AuxiliaryHeads(spec.text_hidden, grid, args.object_shape_weight, args.object_summary_weight)
     if heads is not None:
         optimizer.add_param_group({"params": list(heads.parameters()), "weight_decay": 0.0})
     patch_tokens: list[torch.Tensor] = []  # the projector's latest output (un-pooled patch tokens)
@@ -507,6 +519,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="weight of the shape loss repeated over object patches alone (0: off)",
+    )
+    parser.add_argument(
+        "--object-summary-weight",
+        type=float,
+        default=0.0,
+        help="weight of the shape and colour read from each object's mean video token (0: off)",
     )
     parser.add_argument(
         "--vision-steps",

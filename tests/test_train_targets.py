@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from harness.train_targets import IGNORE, STILL, AuxiliaryHeads, appearance_targets, patch_targets
-from tasks.synthvqa.generate import COLOURS, DIRECTIONS, LETTERS, render_sample
+from harness.train_targets import (
+    IGNORE,
+    STILL,
+    AuxiliaryHeads,
+    appearance_targets,
+    object_cell_coverage,
+    patch_targets,
+)
+from tasks.synthvqa.generate import COLOURS, DIRECTIONS, LETTERS, SHAPES, render_sample
 
 SEEDS = range(5, 11)
 CELL = 16
@@ -94,3 +101,64 @@ def test_patch_extras_add_to_the_default_loss_only_when_asked():
     extra = AuxiliaryHeads(width=16, grid=112 // PATCH, object_shape_weight=3.0)
     extra.load_state_dict(plain.state_dict(), strict=False)
     assert extra.patch_loss(tokens, colour, shape) > plain.patch_loss(tokens, colour, shape)
+
+
+def test_object_coverage_counts_each_objects_pixels_per_cell_and_pads_missing_objects():
+    samples = [render_sample(7, "needle"), render_sample(8, "static")]
+    coverage, shapes, colours = object_cell_coverage(samples, CELL)
+    frames = samples[0].layout.shape[0]
+    most = max(len(s.objects) for s in samples)
+    assert coverage.shape == (2, most, frames * (112 // CELL) ** 2)
+    for b, sample in enumerate(samples):
+        for o, (shape, colour) in enumerate(sample.objects):
+            painted = (sample.layout == o + 1).reshape(frames, -1).sum(-1)
+            per_frame = coverage[b, o].view(frames, -1).sum(-1) * CELL * CELL
+            assert torch.allclose(per_frame, torch.from_numpy(painted).float())
+            assert (int(shapes[b, o]), int(colours[b, o])) == (SHAPES.index(shape), list(COLOURS).index(colour))
+        assert (shapes[b, len(sample.objects) :] == IGNORE).all() and (coverage[b, len(sample.objects) :] == 0).all()
+
+
+def test_object_summary_reads_only_the_cells_an_object_covers():
+    torch.manual_seed(0)
+    samples = [render_sample(7, "needle"), render_sample(8, "motion")]
+    coverage, shapes, colours = object_cell_coverage(samples, CELL)
+    frames = samples[0].layout.shape[0]
+    heads = AuxiliaryHeads(width=16, object_summary_weight=0.5)
+    tokens = torch.randn(2, coverage.shape[-1], 16, requires_grad=True)
+    loss = heads.object_loss(tokens, frames, coverage, shapes, colours)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.summary.parameters())
+    covered = coverage.sum(1) > 0  # [B, tokens]: some object paints part of this cell
+    assert (tokens.grad.abs().sum(-1) > 0).eq(covered).all()
+    with pytest.raises(RuntimeError, match="object_summary_weight"):
+        AuxiliaryHeads(width=16).object_loss(tokens, frames, coverage, shapes, colours)
+
+
+def test_object_summary_loss_falls_when_tokens_carry_the_objects_classes():
+    """A head fitted to tokens that name the object covering them must beat chance by far; on
+    tokens that say nothing it cannot, so the loss measures what the tokens hold."""
+    torch.manual_seed(0)
+    samples = [render_sample(seed, family) for seed, family in [(1, "static"), (2, "order"), (3, "needle")]]
+    coverage, shapes, colours = object_cell_coverage(samples, CELL)
+    frames = samples[0].layout.shape[0]
+    owner = coverage.argmax(1)  # [B, tokens]: the object covering most of each cell
+    width = len(SHAPES) + len(COLOURS)
+    informative = torch.zeros(*owner.shape, width)
+    for b in range(len(samples)):
+        informative[b, :, : len(SHAPES)] = torch.nn.functional.one_hot(shapes[b].clamp(min=0)[owner[b]], len(SHAPES))
+        informative[b, :, len(SHAPES) :] = torch.nn.functional.one_hot(colours[b].clamp(min=0)[owner[b]], len(COLOURS))
+
+    def fitted_loss(tokens: torch.Tensor) -> float:
+        heads = AuxiliaryHeads(width=width, object_summary_weight=1.0)
+        optimiser = torch.optim.Adam(heads.parameters(), lr=0.05)
+        for _ in range(150):
+            optimiser.zero_grad()
+            loss = heads.object_loss(tokens, frames, coverage, shapes, colours)
+            loss.backward()
+            optimiser.step()
+        return float(loss.detach())
+
+    chance = float(np.log(len(SHAPES)) + np.log(len(COLOURS)))
+    assert fitted_loss(informative) < 0.2 * chance
+    assert fitted_loss(torch.randn(1, 1, width).expand_as(informative).contiguous()) > 0.5 * chance

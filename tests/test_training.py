@@ -16,15 +16,19 @@ from harness.models.tiny import (
     build_tokenizer,
     save_checkpoint,
 )
+from harness.train_curriculum import clip
+from harness.train_targets import AuxiliaryHeads
 from harness.train_tiny import (
     POST_PROMPT,
     PromptCodec,
+    auxiliary_loss,
     chat_prompt,
     freeze_vision,
     parse_args,
     permuted_questions,
     tokenizer_corpus,
     video_tokens,
+    vision_loss,
 )
 from harness.train_tiny import train as train_tiny
 from harness.train_vq_attention import parse_args as parse_vq_args
@@ -140,3 +144,30 @@ def test_vq_attention_training_writes_what_mode_attention_loads(bpe_checkpoint, 
     assert reduced.info["random_weights"] is False
     assert reduced.count == max(16, 4) + 1  # max(T, K) rows + the newline
     assert torch.isfinite(reduced.embeddings).all()
+
+
+def test_object_summaries_add_to_the_vision_stage_and_answer_step_losses_only_when_asked(bpe_checkpoint):
+    from transformers import AutoProcessor, AutoTokenizer, LlavaOnevisionForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(bpe_checkpoint).train()
+    processor = AutoProcessor.from_pretrained(bpe_checkpoint)
+    codec = PromptCodec(AutoTokenizer.from_pretrained(bpe_checkpoint), processor, 16)
+    rng = np.random.default_rng(0)
+    videos = [render_spec(spec) for spec in list(sample_specs("train", 4))[::3]]  # static and order
+    frames = [clip(sample, 1, rng) for sample in videos]
+    patch_tokens: list[torch.Tensor] = []
+    model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, out: patch_tokens.__setitem__(slice(None), [out]))
+    width = TEST_SPEC.text_hidden
+    plain = AuxiliaryHeads(width)
+    summary = AuxiliaryHeads(width, object_summary_weight=2.0)
+    summary.load_state_dict(plain.state_dict(), strict=False)
+
+    with torch.no_grad():
+        assert vision_loss(model, processor, summary, frames, TEST_SPEC, patch_tokens) > vision_loss(
+            model, processor, plain, frames, TEST_SPEC, patch_tokens
+        )
+        patches = torch.randn(2 * 16, (TEST_SPEC.image_size // TEST_SPEC.patch_size) ** 2, width).requires_grad_()
+        hidden = torch.randn(2, len(codec.prefix), width)
+        losses = [auxiliary_loss(h, videos, TEST_SPEC, codec, patches, hidden, hidden) for h in (plain, summary)]
+    assert losses[1] > losses[0]
