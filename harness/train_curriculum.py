@@ -7,11 +7,12 @@ family shares (read the question, find the object, name its colour or shape, fin
 letter) are learned fastest on short clips, so training runs in stages:
 
 0. optionally (``--vision-steps``, off by default), the vision tower and projector alone, on
-   single frames of every family, trained only on the per-patch targets of
-   ``harness.train_targets``: a ViT from scratch learns shape slowly, and a step without the
-   language model costs a fifth of a video step. It taught the tower shape, but in every run
-   tried so far (tower trained on, or frozen with ``--freeze-vision``) the language model then
-   stayed at chance in the later stages (see the README);
+   single frames of every family, trained only on the per-patch targets (and, when on, the
+   object summaries) of ``harness.train_targets``: a ViT from scratch learns shape slowly, and
+   a step without the language model costs a fifth of a video step. It taught the tower shape,
+   but from scratch (tower trained on, or frozen with ``--freeze-vision``) the language model
+   then stayed at chance in the later stages; in a run continuing a trained model (``--init``,
+   run 9 in the README) it recovered within a few hundred steps;
 1. 1 frame, ``static`` and ``small_object`` only (one frame holds their whole answer);
 2. one or more short-clip stages of growing length (say 5, then 8, then 12 frames), each on every
    family whose answer survives cutting the video down to that many frames: its key frames must

@@ -142,10 +142,10 @@ class AuxiliaryHeads(torch.nn.Module):
     """Linear read-outs of projected patch tokens (colour, shape; with ``grid``, also the row and
     column in a ``grid`` x ``grid`` patch grid) and of mid-LLM video tokens (onset, first cell,
     motion); both live in the language model's width. ``object_shape_weight`` > 0 adds the shape
-    loss once more over object patches alone. ``object_summary_weight`` > 0 adds, with that weight,
-    the shape and colour of each object read from its coverage-weighted mean video token
-    (layer-normalised, so the loss cannot be lowered by growing the tokens). The extras are off by default, which is how the
-    committed checkpoint was trained."""
+    loss once more over object patches alone. ``object_summary_weight`` > 0 adds, with that
+    weight, the shape and colour of each object read from its coverage-weighted mean video token
+    (layer-normalised, so the loss cannot be lowered by growing the tokens). The extras are off
+    by default, which is how the committed checkpoint was trained."""
 
     def __init__(
         self,
@@ -211,10 +211,10 @@ class AuxiliaryHeads(torch.nn.Module):
         shapes: torch.Tensor,
         colours: torch.Tensor,
     ) -> torch.Tensor:
-        """Weighted cross-entropy of the shape and colour of every object in every frame where it covers at
-        least MIN_SUMMARY_COVERAGE of a cell, read from the coverage-weighted mean of that frame's
-        video tokens [B, frames * cells, D] (``coverage`` [B, O, frames * cells] and the classes
-        [B, O] as ``object_cell_coverage`` gives them)."""
+        """Weighted cross-entropy of the shape and colour of every object in every frame where it
+        covers at least MIN_SUMMARY_COVERAGE of a cell, read from the coverage-weighted mean of that
+        frame's video tokens [B, frames * cells, D] (``coverage`` [B, O, frames * cells] and the
+        classes [B, O] as ``object_cell_coverage`` gives them)."""
         if self.summary is None:
             raise RuntimeError("these heads were built with object_summary_weight 0")
         batch, objects, _ = coverage.shape

@@ -240,10 +240,15 @@ def auxiliary_loss(
         return token_loss
     loss = heads.patch_loss(patch_tokens, *patch_targets(samples, patch_px)) + token_loss
     if heads.summary is not None:
-        frames = samples[0].layout.shape[0]
-        coverage = object_cell_coverage(samples, 2 * patch_px)
-        loss = loss + heads.object_loss(input_hidden[:, codec.video_start : codec.video_start + onset.shape[1]], frames, *coverage)
+        video_input = input_hidden[:, codec.video_start : codec.video_start + onset.shape[1]]
+        loss = loss + object_summary_loss(heads, samples, video_input, patch_px)
     return loss
+
+
+def object_summary_loss(heads: AuxiliaryHeads, samples: Sequence[Sample], tokens: torch.Tensor, patch_px: int) -> torch.Tensor:
+    """``heads.object_loss`` of the samples' objects, read from their video tokens [B, T * cells, D]."""
+    frames = samples[0].layout.shape[0]
+    return heads.object_loss(tokens, frames, *object_cell_coverage(samples, 2 * patch_px))  # LLaVA-OV pools 2x2
 
 
 def video_features(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -268,8 +273,7 @@ def vision_loss(model, processor, heads: AuxiliaryHeads, samples: Sequence[Sampl
     patch_px = patch_pixels(samples, spec)
     loss = heads.patch_loss(patch_tokens[0], *patch_targets(samples, patch_px))
     if heads.summary is not None:
-        frames = samples[0].layout.shape[0]
-        loss = loss + heads.object_loss(tokens, frames, *object_cell_coverage(samples, 2 * patch_px))
+        loss = loss + object_summary_loss(heads, samples, tokens, patch_px)
     return loss
 
 
@@ -530,8 +534,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--vision-steps",
         type=int,
         default=0,
-        help="curriculum stage 0: steps on the vision tower and projector alone (per-patch targets; "
-        "see the README: with it the language model's stages stalled at chance)",
+        help="curriculum stage 0: steps on the vision tower and projector alone (per-patch targets and, "
+        "with --object-summary-weight, the object summaries; "
+        "see the README: from scratch the language model's stages then stalled at chance, after --init not)",
     )
     parser.add_argument(
         "--freeze-vision",
