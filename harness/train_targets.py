@@ -49,6 +49,15 @@ IGNORE = -100
 MIN_SUMMARY_COVERAGE = 0.2  # cells' worth of an object (64 px of a 16 px cell) before it is summarised
 
 
+def object_cell_pixels(sample: Sample, cell: int) -> np.ndarray:
+    """[objects, T, cells] int: how many pixels of each ``cell`` x ``cell`` cell each object paints."""
+    objects = len(sample.objects)
+    frames, height, width = sample.layout.shape
+    painted = sample.layout[None] == np.arange(1, objects + 1)[:, None, None, None]  # [objects, T, H, W]
+    cells = painted.reshape(objects, frames, height // cell, cell, width // cell, cell).sum(axis=(3, 5))
+    return cells.reshape(objects, frames, -1)
+
+
 def object_visibility(sample: Sample) -> np.ndarray:
     """[objects, T] bool: whether each object is painted anywhere in each frame."""
     frames = sample.layout.reshape(sample.layout.shape[0], -1)
@@ -99,10 +108,7 @@ def appearance_targets(samples: Sequence[Sample], cell: int) -> tuple[torch.Tens
     for sample in samples:
         layout = sample.layout
         objects = len(sample.objects)
-        painted = layout[None] == np.arange(1, objects + 1)[:, None, None, None]  # [objects, T, H, W]
-        frames, height, width = layout.shape
-        cells = painted.reshape(objects, frames, height // cell, cell, width // cell, cell).sum(axis=(3, 5))
-        present = cells.reshape(objects, frames, -1) >= MIN_CELL_PIXELS  # [objects, T, cells]
+        present = object_cell_pixels(sample, cell) >= MIN_CELL_PIXELS  # [objects, T, cells]
         visible = object_visibility(sample)
         appears = visible & ~np.concatenate([np.zeros((objects, 1), bool), visible[:, :-1]], axis=1)
         onset = present & appears[:, :, None]
@@ -127,9 +133,8 @@ def object_cell_coverage(samples: Sequence[Sample], cell: int) -> tuple[torch.Te
     shapes = np.full((len(samples), most), IGNORE)
     colours = np.full((len(samples), most), IGNORE)
     for b, sample in enumerate(samples):
+        coverage[b, : len(sample.objects)] = object_cell_pixels(sample, cell).reshape(len(sample.objects), -1) / cell**2
         for o, (shape, colour) in enumerate(sample.objects):
-            painted = (sample.layout == o + 1).astype(np.float32)
-            coverage[b, o] = painted.reshape(frames, height // cell, cell, width // cell, cell).mean((2, 4)).reshape(-1)
             shapes[b, o], colours[b, o] = SHAPES.index(shape), COLOUR_NAMES.index(colour)
     return torch.from_numpy(coverage), torch.from_numpy(shapes), torch.from_numpy(colours)
 

@@ -6,8 +6,8 @@ The floors are far below what the model scores and far above chance (25%): a red
 loses what the LLM needs falls under them. At 1% of the tokens (8 of 785) the ranking must
 show: DivPrune, which keeps the most distinct tokens (the objects), clears the lower floor,
 and uniform pooling, which averages them into the background, does not. The VQ-Attention
-checkpoint (the base fine-tuned with the module in the loop) must clear the lower floor in attention mode, where the untrained
-codebook-only mode on the base model sits at chance.
+checkpoint (the base fine-tuned with the module in the loop) must clear the lower floor in
+attention mode, where the untrained codebook-only mode on the base model sits at chance.
 """
 
 from __future__ import annotations
