@@ -90,13 +90,21 @@ def test_committed_videos_decode_to_rendered_frames() -> None:
         assert np.abs(decoded - rendered).mean() < 2.0
 
 
-def test_write_split_is_byte_stable_and_ensure_split_reuses(tmp_path: Path) -> None:
+def test_write_split_reproduces_records_and_frames_and_ensure_split_reuses(tmp_path: Path) -> None:
+    """Records are reproduced exactly; videos to within the encoder's rounding.
+
+    Bytes are not compared: one CI machine once encoded the same frames to different bytes
+    (libx264 with one thread), so byte equality is not something the generator can promise.
+    """
     first = gen.write_split(tmp_path / "a", "val", 6)
     second = gen.write_split(tmp_path / "b", "val", 6)
     committed_lines = (gen.DATA_DIR / "val.jsonl").read_text().splitlines(keepends=True)
     assert first.read_text() == second.read_text() == "".join(committed_lines[:6])
     for record in committed("val")[:6]:
-        assert (first.parent / record["video"]).read_bytes() == (second.parent / record["video"]).read_bytes()
+        rendered = gen.render_sample(record["seed"], record["family"]).frames
+        for written in (first.parent / record["video"], second.parent / record["video"]):
+            decoded = gen.read_video(written).astype(np.int16)
+            assert np.abs(decoded - rendered).mean() < 2.0
     video = first.parent / "videos" / "val_00003.mp4"
     stamp = video.stat().st_mtime_ns
     assert gen.ensure_split("val", first.parent, count=6) == first

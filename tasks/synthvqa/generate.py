@@ -21,9 +21,10 @@ Everything derives from one seed per sample through ``numpy.random.Generator``. 
 fixed base seed plus the sample index (disjoint seed ranges per split), with families in
 round-robin order and the correct letter cycling A-D within each family, so a split of
 ``24 * k`` samples is exactly balanced in both. Sizes are given for 112 px frames and scale
-with ``size``. Videos are H.264 (libx264, yuv444p, CRF 10, one encoder thread so output is
-byte-stable for a given PyAV build) in mp4 at 8 fps; every written video is decoded back and
-checked.
+with ``size``. Videos are H.264 (libx264, yuv444p, CRF 10, one encoder thread) in mp4 at 8 fps;
+every written video is decoded back and checked. Regenerating a split reproduces its records
+exactly and its frames to within the encoder's rounding (the bytes matched on our machine,
+but not on every CI machine).
 
 CLI: ``python -m tasks.synthvqa.generate --out DIR --split test --count N``.
 """
