@@ -1,8 +1,8 @@
 """Training on random subsets of the video tokens, so the embedded model can answer from whatever
 tokens a reducer leaves it.
 
-A model trained only on all 784 video tokens learns to lean on their redundancy: the committed
-checkpoint of runs 1-3 answered at chance with any reducer at 1% of the tokens, even where the
+A model trained only on all 784 video tokens learns to lean on their redundancy: an earlier
+checkpoint (runs 1-3 in the README) answered at chance with any reducer at 1% of the tokens, even where the
 kept tokens held the answer (see the README). In a "subset" step (``--subset-share`` of the
 question-answering steps, from step ``--subset-from`` on) each video keeps a random ``keep``
 fraction of its tokens, drawn log-uniformly from ``--subset-keep LOW HIGH``, in their original

@@ -52,15 +52,18 @@ def adapter():
 
 
 @pytest.fixture(scope="module")
-def docs():
-    lines = (DATA_DIR / "test.jsonl").read_text().splitlines()[:SAMPLES]
-    return [json.loads(line) for line in lines]
+def test_records():
+    return [json.loads(line) for line in (DATA_DIR / "test.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def small_object_docs():
-    records = [json.loads(line) for line in (DATA_DIR / "test.jsonl").read_text().splitlines()]
-    return [doc for doc in records if doc["family"] == "small_object"][:SMALL_OBJECTS]
+def docs(test_records):
+    return test_records[:SAMPLES]
+
+
+@pytest.fixture(scope="module")
+def small_object_docs(test_records):
+    return [doc for doc in test_records if doc["family"] == "small_object"][:SMALL_OBJECTS]
 
 
 def _accuracy(adapter, reducer, docs) -> float:
