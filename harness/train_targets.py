@@ -101,9 +101,15 @@ def _motion_class(layout: np.ndarray, value: int) -> int:
     return DIRECTIONS.index("down" if dy > 0 else "up")
 
 
-def appearance_targets(samples: Sequence[Sample], cell: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def appearance_targets(
+    samples: Sequence[Sample], cell: int, onsets_from_frame: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per pooled video token [B, T*cells]: an object appears here at this frame (0/1); first such
-    cell (0/1); motion class of the object here (IGNORE on background and the first frames)."""
+    cell (0/1); motion class of the object here (IGNORE on background and the first frames).
+
+    Frame 0 has no previous frame, so by default every object there "appears". With
+    ``onsets_from_frame`` = 1 both flags are IGNORE in frame 0, and the positives left are the
+    objects that were not there a frame before: the needle, each flash, each later order object."""
     onset_rows, leader_rows, motion_rows = [], [], []
     for sample in samples:
         layout = sample.layout
@@ -117,11 +123,18 @@ def appearance_targets(samples: Sequence[Sample], cell: int) -> tuple[torch.Tens
         for i in range(objects):
             motion[present[i]] = _motion_class(layout, i + 1)
         motion[:FIRST_MOTION_FRAME] = IGNORE
-        onset_rows.append(onset.any(0).reshape(-1))
-        leader_rows.append(leader.any(0).reshape(-1))
+        onset_rows.append(_unflag_first_frames(onset.any(0), onsets_from_frame))
+        leader_rows.append(_unflag_first_frames(leader.any(0), onsets_from_frame))
         motion_rows.append(motion.reshape(-1))
-    onset, leader = (torch.from_numpy(np.stack(rows)).float() for rows in (onset_rows, leader_rows))
+    onset, leader = (torch.from_numpy(np.stack(rows)) for rows in (onset_rows, leader_rows))
     return onset, leader, torch.from_numpy(np.stack(motion_rows))
+
+
+def _unflag_first_frames(flags: np.ndarray, frames: int) -> np.ndarray:
+    """[T, cells] bool -> [T * cells] float32 flags, IGNORE in the first ``frames`` frames."""
+    values = flags.astype(np.float32)
+    values[:frames] = IGNORE
+    return values.reshape(-1)
 
 
 def object_cell_coverage(samples: Sequence[Sample], cell: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -197,11 +210,14 @@ class AuxiliaryHeads(torch.nn.Module):
         self, video_hidden: torch.Tensor, onset: torch.Tensor, leader: torch.Tensor, motion: torch.Tensor
     ) -> torch.Tensor:
         """Per video token [B, N, D]: binary cross-entropy of the onset and first-cell flags (the
-        rare positives up-weighted to balance the rest) plus cross-entropy of the motion class."""
+        rare positives up-weighted to balance the rest; tokens flagged IGNORE left out) plus
+        cross-entropy of the motion class."""
         flags = torch.stack([onset, leader], -1)
-        positives = flags.sum((0, 1))
-        balance = ((flags[..., 0].numel() - positives) / positives.clamp(min=1)).clamp(1, 100)
-        flag_loss = F.binary_cross_entropy_with_logits(self.appearance(video_hidden), flags, pos_weight=balance)
+        labelled = flags[..., 0] != IGNORE  # the same tokens are ignored in both flags
+        flags, logits = flags[labelled], self.appearance(video_hidden)[labelled]  # [M, 2]
+        positives = flags.sum(0)
+        balance = ((len(flags) - positives) / positives.clamp(min=1)).clamp(1, 100)
+        flag_loss = F.binary_cross_entropy_with_logits(logits, flags, pos_weight=balance)
         if not (motion != IGNORE).any():
             return flag_loss
         return flag_loss + F.cross_entropy(

@@ -229,11 +229,12 @@ def auxiliary_loss(
     patch_tokens: torch.Tensor,
     input_hidden: torch.Tensor,
     layer_hidden: torch.Tensor,
+    onsets_from_frame: int = 0,
 ) -> torch.Tensor:
     """The intermediate supervision of ``harness.train_targets`` for one batch (the per-patch part
     only while the vision tower and projector still train)."""
     patch_px = patch_pixels(samples, spec)
-    onset, leader, motion = appearance_targets(samples, 2 * patch_px)  # LLaVA-OV pools 2x2 patches
+    onset, leader, motion = appearance_targets(samples, 2 * patch_px, onsets_from_frame)  # OV pools 2x2 patches
     video = layer_hidden[:, codec.video_start : codec.video_start + onset.shape[1]]
     token_loss = heads.token_loss(video, onset, leader, motion)
     if not patch_tokens.requires_grad:  # frozen by --freeze-vision: nothing left to teach them
@@ -318,7 +319,9 @@ def answer_step(
     answer_loss = F.cross_entropy(logits, targets)
     aux_loss = torch.zeros(())
     if supervised:
-        aux_loss = auxiliary_loss(heads, samples, spec, codec, patch_tokens[0], hidden[0], hidden[args.aux_layer])
+        aux_loss = auxiliary_loss(
+            heads, samples, spec, codec, patch_tokens[0], hidden[0], hidden[args.aux_layer], args.onsets_from_frame
+        )
     return answer_loss, aux_loss
 
 
@@ -517,6 +520,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=(0, 1),
         default=0,
         help="1: every patch token also predicts its row and column",
+    )
+    parser.add_argument(
+        "--onsets-from-frame",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="1: no onset or first-cell targets in frame 0, where every object 'appears' (runs 1-10: 0)",
     )
     parser.add_argument(
         "--object-shape-weight",

@@ -8,10 +8,13 @@ import torch
 
 from harness.train_targets import (
     IGNORE,
+    MIN_CELL_PIXELS,
     STILL,
     AuxiliaryHeads,
     appearance_targets,
     object_cell_coverage,
+    object_cell_pixels,
+    object_visibility,
     patch_targets,
 )
 from tasks.synthvqa.generate import COLOURS, DIRECTIONS, LETTERS, SHAPES, render_sample
@@ -39,6 +42,26 @@ def test_one_first_cell_flag_per_flash(seed):
     onset, leader, _ = appearance_targets([sample], CELL)
     assert int(leader.sum()) == int(_answer_text(sample))
     assert bool((onset >= leader).all())
+
+
+def _needle_seen_a_frame_before(sample, cells: int) -> np.ndarray:
+    """[(T - 1) * cells] bool: True in frames 1 .. T-1 where the needle was visible the frame before."""
+    visible = object_visibility(sample)[0]
+    return np.repeat(visible[:-1], cells)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_onsets_from_frame_1_flag_only_the_needle_in_a_needle_scene(seed):
+    sample = render_sample(seed, "needle")
+    cells = (sample.layout.shape[1] // CELL) ** 2
+    onset, leader, _ = appearance_targets([sample], CELL, onsets_from_frame=1)
+    assert bool((onset[0, :cells] == IGNORE).all() and (leader[0, :cells] == IGNORE).all())
+    flagged = (onset[0, cells:] == 1).numpy()  # frames 1 .. T-1
+    needle = object_cell_pixels(sample, CELL)[0, 1:].reshape(-1) >= MIN_CELL_PIXELS  # the needle is object 0
+    assert flagged.any() and (flagged == (needle & ~_needle_seen_a_frame_before(sample, cells))).all()
+    assert int((leader[0, cells:] == 1).sum()) == 1  # one appearance event
+    default_onset, _, _ = appearance_targets([sample], CELL)
+    assert int((default_onset[0, :cells] == 1).sum()) > 0  # by default frame 0's distractors appear
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -86,6 +109,8 @@ def test_auxiliary_losses_are_finite_and_reach_every_head():
     loss = heads.patch_loss(torch.randn(*colour.shape[:2], 16), colour, shape) + heads.token_loss(
         torch.randn(*onset.shape, 16), onset, leader, motion
     )
+    onset, leader, motion = appearance_targets(samples, CELL, onsets_from_frame=1)
+    loss = loss + heads.token_loss(torch.randn(*onset.shape, 16), onset, leader, motion)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.parameters())
