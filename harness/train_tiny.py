@@ -234,22 +234,23 @@ def auxiliary_loss(
     """The intermediate supervision of ``harness.train_targets`` for one batch (the per-patch part
     only while the vision tower and projector still train)."""
     patch_px = patch_pixels(samples, spec)
-    onset, leader, motion = appearance_targets(samples, 2 * patch_px, onsets_from_frame)  # OV pools 2x2 patches
-    video = layer_hidden[:, codec.video_start : codec.video_start + onset.shape[1]]
-    token_loss = heads.token_loss(video, onset, leader, motion)
+    cell = 2 * patch_px  # LLaVA-OV pools 2x2 patches into one video token
+    onset, leader, motion = appearance_targets(samples, cell, onsets_from_frame)
+    video = slice(codec.video_start, codec.video_start + onset.shape[1])
+    token_loss = heads.token_loss(layer_hidden[:, video], onset, leader, motion)
     if not patch_tokens.requires_grad:  # frozen by --freeze-vision: nothing left to teach them
         return token_loss
     loss = heads.patch_loss(patch_tokens, *patch_targets(samples, patch_px)) + token_loss
     if heads.summary is not None:
-        video_input = input_hidden[:, codec.video_start : codec.video_start + onset.shape[1]]
-        loss = loss + object_summary_loss(heads, samples, video_input, patch_px)
+        loss = loss + object_summary_loss(heads, samples, input_hidden[:, video], cell)
     return loss
 
 
-def object_summary_loss(heads: AuxiliaryHeads, samples: Sequence[Sample], tokens: torch.Tensor, patch_px: int) -> torch.Tensor:
-    """``heads.object_loss`` of the samples' objects, read from their video tokens [B, T * cells, D]."""
+def object_summary_loss(heads: AuxiliaryHeads, samples: Sequence[Sample], tokens: torch.Tensor, cell: int) -> torch.Tensor:
+    """``heads.object_loss`` of the samples' objects, read from their video tokens [B, T * cells, D]
+    (``cell``: the side in pixels of the frame area one video token covers)."""
     frames = samples[0].layout.shape[0]
-    return heads.object_loss(tokens, frames, *object_cell_coverage(samples, 2 * patch_px))  # LLaVA-OV pools 2x2
+    return heads.object_loss(tokens, frames, *object_cell_coverage(samples, cell))
 
 
 def video_features(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -274,7 +275,7 @@ def vision_loss(model, processor, heads: AuxiliaryHeads, samples: Sequence[Sampl
     patch_px = patch_pixels(samples, spec)
     loss = heads.patch_loss(patch_tokens[0], *patch_targets(samples, patch_px))
     if heads.summary is not None:
-        loss = loss + object_summary_loss(heads, samples, tokens, patch_px)
+        loss = loss + object_summary_loss(heads, samples, tokens, 2 * patch_px)  # LLaVA-OV pools 2x2
     return loss
 
 
