@@ -60,6 +60,7 @@ VIDEO_TOKEN = "<video>"
 POST_PROMPT = "Answer with the option's letter from the given choices directly."
 OPEN_POST_PROMPT = "Answer with one word."
 DEFAULT_SPEC = TinySpec(vision_layers=3)
+POOL_STRIDE = 2  # LLaVA-OV pools 2x2 vision patches into one video token
 
 
 def chat_prompt(tokenizer, question: str, options: Sequence[str]) -> str:
@@ -234,7 +235,7 @@ def auxiliary_loss(
     """The intermediate supervision of ``harness.train_targets`` for one batch (the per-patch part
     only while the vision tower and projector still train)."""
     patch_px = patch_pixels(samples, spec)
-    cell = 2 * patch_px  # LLaVA-OV pools 2x2 patches into one video token
+    cell = POOL_STRIDE * patch_px
     onset, leader, motion = appearance_targets(samples, cell, onsets_from_frame)
     video = slice(codec.video_start, codec.video_start + onset.shape[1])
     token_loss = heads.token_loss(layer_hidden[:, video], onset, leader, motion)
@@ -275,7 +276,7 @@ def vision_loss(model, processor, heads: AuxiliaryHeads, samples: Sequence[Sampl
     patch_px = patch_pixels(samples, spec)
     loss = heads.patch_loss(patch_tokens[0], *patch_targets(samples, patch_px))
     if heads.summary is not None:
-        loss = loss + object_summary_loss(heads, samples, tokens, 2 * patch_px)  # LLaVA-OV pools 2x2
+        loss = loss + object_summary_loss(heads, samples, tokens, POOL_STRIDE * patch_px)
     return loss
 
 
