@@ -120,6 +120,7 @@ def test_needle_visible_in_one_or_two_frames(seed: int) -> None:
     assert changed_frames(sample.frames) == list(sample.evidence_frames)
     assert len(sample.evidence_frames) in (1, 2)
     assert sample.evidence_frames == tuple(range(sample.evidence_frames[0], sample.evidence_frames[-1] + 1))
+    assert len(sample.objects) == 1 and "colour" in sample.question  # the only object; its colour is asked
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -127,8 +128,8 @@ def test_counting_flashes_match_answer(seed: int) -> None:
     sample = gen.render_sample(seed, "counting")
     on = colour_mask(sample.frames, named_colour(sample.question)).any(axis=(1, 2))
     assert list(np.flatnonzero(on)) == list(sample.evidence_frames)
-    runs = int(on[0]) + int(np.sum(on[1:] & ~on[:-1]))
-    assert runs == int(correct_option(sample))
+    assert on.sum() == int(correct_option(sample))  # every flash is a single frame ...
+    assert not (on[1:] & on[:-1]).any() and not (on[2:] & on[:-2]).any()  # ... at least two frames apart
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -189,3 +190,12 @@ def test_task_loads_through_lmms_eval() -> None:
     scored = [task.process_results(d, [f"({d['answer']})" if i % 2 else "none"]) for i, d in enumerate(docs[:12])]
     assert all(set(s) == {"accuracy", f"acc_{d['family']}"} for s, d in zip(scored, docs))
     assert synthvqa_aggregate([s["accuracy"] for s in scored]) == 0.5
+
+
+@pytest.mark.parametrize("family", gen.FAMILIES)
+def test_shortest_video_fits_every_family_and_shorter_is_refused(family: str) -> None:
+    for seed in range(8):  # counting draws up to 4 flashes, which need every one of the MIN_FRAMES frames
+        sample = gen.render_sample(seed, family, num_frames=gen.MIN_FRAMES)
+        assert sample.frames.shape[0] == gen.MIN_FRAMES and sample.evidence_frames
+    with pytest.raises(ValueError, match="below the minimum"):
+        gen.render_sample(0, family, num_frames=gen.MIN_FRAMES - 1)
