@@ -17,8 +17,8 @@ targets information a visual-token reducer may throw away:
 - ``needle``: colour of the only object in the video, visible in only 1-2 frames (frames
   without it show nothing but background, so a reducer that drops them leaves the model at
   chance). Its shape is not asked: at 16-24 px it falls within one or two 16 px tokens of the
-  7x7 grid, and a tiny model fine-tuned on such needles named it no better than chance (23% of 109 val
-  questions) while naming its colour 96% of the time (91 questions).
+  7x7 grid, and a tiny model fine-tuned on such needles named it no better than chance (23% of
+  109 val questions) while naming its colour 96% of the time (91 questions).
 
 Everything derives from one seed per sample through ``numpy.random.Generator``. A split is a
 fixed base seed plus the sample index (disjoint seed ranges per split), with families in
