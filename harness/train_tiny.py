@@ -528,7 +528,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         choices=(0, 1),
         default=0,
-        help="1: no onset or first-cell targets in frame 0, where every object 'appears' (runs 1-10: 0)",
+        help="1: no onset or first-cell targets in frame 0, where every object 'appears' (the committed model: 0)",
     )
     parser.add_argument(
         "--object-shape-weight",
