@@ -4,22 +4,24 @@ structure.
 The reference below is a plain re-implementation, written for this benchmark, of how the
 official code (cokeshao/HoliTom ``holitom/llava_arch.py``, commit e9b2972) is organised:
 a loop of cumulative products per start frame for the window gains (55-67), a double Python
-loop with tensor scalars for the DP (69-98), a loop over windows for the split (278-311),
-``isin`` plus a Python loop over clusters for the merge into centres (100-150), a mask plus
-``masked_select`` for the attention selection (152-197), and ``F.normalize`` +
-``F.cosine_similarity`` for the frame similarity (377-380); and, for the inner stage at layer
-K (``holitom/modeling_qwen2.py`` 144-208), the per-token Python loop that averages each dropped
-token into its most similar kept token in place, one token at a time. The inner stage runs on
-the outer stage's output (the visual tokens the LLM receives stand in for the layer-K hidden
-states; the loop's cost does not depend on their values) with a seeded random attention
-score per token. Both sides draw the density noise
-from generators seeded alike, so their outputs must agree: the script asserts the same
-windows, token count and tokens (within 1e-6; it also reports whether they are bit-identical),
-then times the two alternately (so both see the same machine load) per stage and whole, prints
-the median times, the ratio of medians and the ratio of minima, and writes them as JSON to
-``--out``.
+loop with tensor scalars for the DP (69-98), a loop over windows for the split, with the
+positions it carries (278-311), ``isin`` plus a Python loop over clusters for the merge into
+centres (100-150), a mask plus ``masked_select`` and a per-frame concatenation for the
+attention selection (152-197), the centres' positions gathered per batch row (199-213), in
+the grid layout the sort and the per-frame, per-row newline loop (216-275), and
+``F.normalize`` + ``F.cosine_similarity`` for the frame similarity (377-380); and, for the
+inner stage at layer K (``holitom/modeling_qwen2.py`` 144-208), the per-token Python loop
+that averages each dropped token into its most similar kept token in place, one token at a
+time. The inner stage runs on the outer stage's output (the visual tokens the LLM receives
+stand in for the layer-K hidden states; the loop's cost does not depend on their values)
+with a seeded random attention score per token. Both sides draw the density noise from
+generators seeded alike, so their outputs must agree: the script asserts the same windows,
+the same ``> tau`` decisions, token count and tokens (within 1e-6, in both the one_token
+and the grid layout; it also reports whether they are bit-identical), then times the two
+alternately (so both see the same machine load) per stage and whole, prints the median
+times, the ratio of medians and the ratio of minima, and writes them as JSON to ``--out``.
 
-Run: ``.venv/bin/python benchmarks/bench_holitom.py --dim 896 3584 --frames 32 --out bench.json``
+Run: ``.venv/bin/python -m benchmarks.bench_holitom --dim 896 3584 --frames 32 --out bench.json``
 """
 
 from __future__ import annotations
@@ -144,32 +146,88 @@ def loop_merge_clusters(
     return torch.stack(result)
 
 
-def loop_attention_select(feat: torch.Tensor, attn: torch.Tensor, ratio: float) -> torch.Tensor:
+def loop_attention_select(
+    feat: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, ratio: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     frames, count, dim = feat.shape
-    keep = math.ceil(count * ratio)
-    if keep == 0:
-        return feat.new_empty(frames, 0, dim)
-    top = attn.topk(keep, dim=1).indices
-    dropped = torch.ones_like(feat[:, :, 0], dtype=torch.bool).scatter_(1, top, False)
-    return feat.masked_select(~dropped.unsqueeze(-1)).view(frames, keep, dim)
+    keep = math.ceil(count * ratio)  # dominant tokens; D = 0 leaves no contextual ones
+    if keep > 0:
+        top = attn.topk(keep, dim=1).indices
+        dropped = torch.ones_like(feat[:, :, 0], dtype=torch.bool).scatter_(1, top, False)
+        kept = feat.masked_select(~dropped.unsqueeze(-1)).view(frames, keep, dim)
+        kept_pos = pos.masked_select(~dropped).view(frames, keep)
+    else:
+        kept, kept_pos = torch.empty((frames, 0, dim)), torch.empty((frames, 0))
+    context, context_pos = torch.empty((frames, 0, dim)), torch.empty((frames, 0))
+    tokens, positions = [], []
+    for b in range(frames):
+        tokens.append(torch.cat([kept[b], context[b]], dim=0))
+        positions.append(torch.cat([kept_pos[b], context_pos[b]], dim=0))
+    return torch.stack(tokens), torch.stack(positions)
 
 
 def loop_static_merge(
-    feat: torch.Tensor, ratio: float, beta: float, knn: int, generator: torch.Generator
-) -> torch.Tensor:
+    feat: torch.Tensor, pos: torch.Tensor, ratio: float, beta: float, knn: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     clusters = round(feat.shape[1] * ratio)
     if clusters == 0:
-        return feat.new_empty(feat.shape[0], 0, feat.shape[2])
+        return torch.empty((feat.shape[0], 0, feat.shape[2])), torch.empty((feat.shape[0], 0))
     centres, dist = loop_dpc(feat, clusters, min(knn, clusters), generator)
     centres = torch.sort(centres, dim=-1)[0]
-    return loop_merge_clusters(feat, centres, dist, clusters, beta)
+    centre_pos = torch.stack([pos[b][centres[b]] for b in range(feat.shape[0])])
+    return loop_merge_clusters(feat, centres, dist, clusters, beta), centre_pos
+
+
+def loop_add_newlines(feat: torch.Tensor, pos: torch.Tensor, grid: int, newline: torch.Tensor) -> torch.Tensor:
+    rows_of = pos // grid
+    frames = []
+    for frame_feat, frame_rows in zip(feat, rows_of):
+        rows = []
+        for row in range(grid):
+            found = frame_feat[frame_rows == row]
+            rows.append(torch.cat((found, newline)) if len(found) > 0 else found)
+        frames.append(torch.cat(rows))
+    return torch.cat(frames)
+
+
+def loop_sorted(feat: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pos, order = torch.sort(pos, dim=1)
+    return torch.gather(feat, 1, order.unsqueeze(-1).expand(-1, -1, feat.shape[-1])), pos
+
+
+def loop_window_tokens(
+    static_feat: torch.Tensor,
+    static_pos: torch.Tensor,
+    dyn_feat: torch.Tensor,
+    dyn_pos: torch.Tensor,
+    single_frame: bool,
+    newline: torch.Tensor | None,
+    grid: int,
+) -> torch.Tensor:
+    """The end of ``holitom()``: one_token order, or the grid layout with row newlines."""
+    if newline is None:
+        return torch.cat([static_feat.flatten(0, 1), dyn_feat.flatten(0, 1)])
+    if single_frame:
+        return loop_add_newlines(*loop_sorted(dyn_feat, dyn_pos), grid, newline)
+    first_feat = torch.cat([static_feat, dyn_feat[0:1]], dim=1)
+    first_pos = torch.cat([static_pos, dyn_pos[0:1]], dim=1)
+    first = loop_add_newlines(*loop_sorted(first_feat, first_pos), grid, newline)
+    others = loop_add_newlines(*loop_sorted(dyn_feat[1:], dyn_pos[1:]), grid, newline)
+    return torch.cat([first, others])
 
 
 def loop_outer(
-    features: torch.Tensor, attention: torch.Tensor, retain: float, tau: float, max_window: int, seed: int
+    features: torch.Tensor,
+    attention: torch.Tensor,
+    retain: float,
+    tau: float,
+    max_window: int,
+    seed: int,
+    newline: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     generator = torch.Generator().manual_seed(seed)
-    frames, count, _ = features.shape
+    frames, count, dim = features.shape
+    grid = int(math.sqrt(count))
     normed = F.normalize(features, p=2, dim=-1)
     similarity = F.cosine_similarity(normed[:-1], normed[1:], dim=-1)
     windows, reduced = loop_windows(similarity, frames, tau, max_window)
@@ -177,15 +235,29 @@ def loop_outer(
     ratio = min(retain / ((total - reduced) / total), 1)
     segments = []
     for start, end in windows:
+        every = torch.arange(count).unsqueeze(0)
         if start == end:
-            segments.append(
-                loop_attention_select(features[start : end + 1], attention[start : end + 1], ratio).flatten(0, 1)
+            dyn_feat, dyn_pos = loop_attention_select(
+                features[start : end + 1], attention[start : end + 1], every, ratio
             )
-            continue
-        static = torch.all(similarity[start:end] > tau, dim=0)
-        dynamic = loop_attention_select(features[start : end + 1, ~static], attention[start : end + 1, ~static], ratio)
-        merged = loop_static_merge(features[start : end + 1, static].mean(dim=0).unsqueeze(0), ratio, 0.6, 7, generator)
-        segments.append(torch.cat([merged.flatten(0, 1), dynamic.flatten(0, 1)]))
+            static_feat, static_pos = torch.empty((1, 0, dim)), torch.empty((0, count))
+        else:
+            static = torch.all(similarity[start:end] > tau, dim=0)
+            dyn_feat, dyn_pos = loop_attention_select(
+                features[start : end + 1, ~static],
+                attention[start : end + 1, ~static],
+                every[:, ~static].expand(end - start + 1, -1),
+                ratio,
+            )
+            static_feat, static_pos = loop_static_merge(
+                features[start : end + 1, static].mean(dim=0).unsqueeze(0),
+                every[:, static].expand(1, -1),
+                ratio,
+                0.6,
+                7,
+                generator,
+            )
+        segments.append(loop_window_tokens(static_feat, static_pos, dyn_feat, dyn_pos, start == end, newline, grid))
     return torch.cat(segments), windows
 
 
@@ -213,10 +285,22 @@ def loop_inner(hidden: torch.Tensor, scores: torch.Tensor, prune_ratio: float) -
 
 
 def ours(
-    features: torch.Tensor, attention: torch.Tensor, retain: float, tau: float, max_window: int, seed: int
+    features: torch.Tensor,
+    attention: torch.Tensor,
+    retain: float,
+    tau: float,
+    max_window: int,
+    seed: int,
+    newline: torch.Tensor | None = None,
 ) -> ht.OuterResult:
     return ht.outer_stage(
-        features, attention, retain, tau, max_window=max_window, noise=torch.Generator().manual_seed(seed)
+        features,
+        attention,
+        retain,
+        tau,
+        max_window=max_window,
+        noise=torch.Generator().manual_seed(seed),
+        newline=newline,
     )
 
 
@@ -279,9 +363,16 @@ def run_case(dim: int, frames: int, retain: float, tau: float, max_window: int, 
     )
     max_diff = float((result.tokens - reference).abs().max())
     assert max_diff <= 1e-6, f"tokens differ by {max_diff}"
+    newline = torch.randn(dim, generator=torch.Generator().manual_seed(seed + 1))
+    grid_reference, _ = loop_outer(features, attention, retain, tau, max_window, seed, newline[None])
+    grid_result = ours(features, attention, retain, tau, max_window, seed, newline)
+    assert grid_result.tokens.shape == grid_reference.shape, "grid layouts differ in length"
+    grid_diff = float((grid_result.tokens - grid_reference).abs().max())
+    assert grid_diff <= 1e-6, f"grid-layout tokens differ by {grid_diff}"
 
-    similarity = result.feature_sim
-    assert torch.equal(similarity, reference_similarity(features)), "frame similarity differs"
+    similarity, official_similarity = result.feature_sim, reference_similarity(features)
+    assert torch.equal(similarity > tau, official_similarity > tau), "static/dynamic decisions differ"
+    similarity_diff = float((similarity - official_similarity).abs().max())
     assert ht.select_static_windows(similarity, frames, tau, max_window) == loop_windows(
         similarity, frames, tau, max_window
     )
@@ -297,7 +388,7 @@ def run_case(dim: int, frames: int, retain: float, tau: float, max_window: int, 
 
     stages = [
         stage_row(
-            "frame similarity", lambda: reference_similarity(features), lambda: ht.frame_similarity(features), repeats
+            "frame similarity", lambda: reference_similarity(features), lambda: ht.frame_similarity(features, tau), repeats
         ),
         stage_row(
             "DP windows",
@@ -315,6 +406,12 @@ def run_case(dim: int, frames: int, retain: float, tau: float, max_window: int, 
             "whole outer stage",
             lambda: loop_outer(features, attention, retain, tau, max_window, seed),
             lambda: ours(features, attention, retain, tau, max_window, seed),
+            repeats,
+        ),
+        stage_row(
+            "outer, grid layout",
+            lambda: loop_outer(features, attention, retain, tau, max_window, seed, newline[None]),
+            lambda: ours(features, attention, retain, tau, max_window, seed, newline),
             repeats,
         ),
         stage_row(
@@ -339,6 +436,9 @@ def run_case(dim: int, frames: int, retain: float, tau: float, max_window: int, 
         "clusters": sum(int(c.shape[1]) for _, c, _ in merges),
         "tokens": int(result.tokens.shape[0]),
         "max_abs_diff": max_diff,
+        "similarity_max_abs_diff": similarity_diff,
+        "grid_tokens": int(grid_result.tokens.shape[0]),
+        "grid_max_abs_diff": grid_diff,
         "inner_max_abs_diff": inner_diff,
         "bit_identical": bool(torch.equal(result.tokens, reference)),
         "stages": stages,
@@ -369,7 +469,8 @@ def main() -> None:
             )
         print(
             f"{r['dim']:>6} windows={r['windows']} clusters={r['clusters']} tokens={r['tokens']} "
-            f"max|diff|={r['max_abs_diff']:.1e} bit-identical={r['bit_identical']}"
+            f"max|diff|={r['max_abs_diff']:.1e} bit-identical={r['bit_identical']} "
+            f"grid tokens={r['grid_tokens']} max|similarity diff|={r['similarity_max_abs_diff']:.1e}"
         )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

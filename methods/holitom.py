@@ -40,9 +40,12 @@ Deliberately different:
   summed with one ``index_add_`` instead of a Python loop over clusters; the inner
   sequential averaging uses its closed form (a kept token k absorbing a_1..a_m in ascending
   order becomes k / 2^m + sum_i a_i / 2^(m-i+1)), one scatter instead of a loop over tokens;
-  the frame similarity runs the same element-wise ops in cache-sized blocks of frames.
-  Selections are identical; merged values agree up to float rounding (< 1e-6 here). On CUDA
-  ``index_add_`` is deterministic only under ``torch.use_deterministic_algorithms(True)``.
+  the frame similarity is ``dot / (|a| |b|)`` in cache-sized blocks (three passes, not six),
+  and every entry within its rounding bound of ``tau`` is recomputed with the official op
+  sequence, so every ``> tau`` decision is the official one (the reported similarities differ
+  from the official ones by < 1e-6). Selections are identical; merged values agree up to
+  float rounding (< 1e-6 here). On CUDA ``index_add_`` is deterministic only under
+  ``torch.use_deterministic_algorithms(True)``.
 * Precision: the reducer runs both stages in float32 and casts back to the model dtype (the
   official code computes in the model's fp16/bf16, except cdist which it runs in float32).
 * Density noise: drawn from a generator seeded by the ``seed`` parameter, so runs repeat
@@ -141,7 +144,11 @@ def pool_tokens_bilinear(tokens: torch.Tensor, stride: int = 2) -> torch.Tensor:
 
 
 SIMILARITY_BLOCK_ELEMENTS = 1 << 20
-"""Frames per block of ``frame_similarity`` are chosen to hold about this many elements."""
+"""Frames per block of the similarity passes are chosen to hold about this many elements."""
+
+ORDINARY_NORMS = (1e-12, 1e15)
+"""Feature norms in this range take the fast similarity path; the rest (zero, tiny, huge or
+non-finite vectors, where the official ``eps`` clamps or float range matter) take the official one."""
 
 
 def unit_vectors(features: torch.Tensor) -> torch.Tensor:
@@ -150,13 +157,13 @@ def unit_vectors(features: torch.Tensor) -> torch.Tensor:
     return normed / torch.linalg.vector_norm(normed, 2, dim=-1, keepdim=True).clamp_min(1e-8)
 
 
-def frame_similarity(features: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of each position between frames t and t+1: [T, N, D] -> [T-1, N].
+def official_frame_similarity(features: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each position between frames t and t+1, bit for bit as the official code.
 
-    ``llava_arch.py`` 377-380: ``F.cosine_similarity(normalize(P)[:-1], normalize(P)[1:])``.
-    The same element-wise ops and row sums, so the same bits, but each frame is normalised
-    once (not twice) and frames are processed in cache-sized blocks. A zero vector gives
-    similarity 0, not NaN.
+    ``llava_arch.py`` 377-380: ``F.cosine_similarity(normalize(P)[:-1], normalize(P)[1:])``:
+    the same element-wise ops and row sums, so the same bits, but each frame is normalised
+    once (not twice) and frames are processed in cache-sized blocks. Every output depends
+    only on its own two rows, so it may be called on any gathered subset of pairs.
     """
     frames = features.shape[0]
     step = max(1, SIMILARITY_BLOCK_ELEMENTS // max(features[0].numel(), 1))
@@ -168,6 +175,52 @@ def frame_similarity(features: torch.Tensor) -> torch.Tensor:
         blocks.append((unit[:-1] * unit[1:]).sum(dim=-1))
         previous = unit[-1:]
     return torch.cat(blocks)
+
+
+def similarity_margin(dim: int) -> float:
+    """Bound on |fast - official| similarity for D-dimensional features of ordinary norm.
+
+    Both compute the true cosine with float32 sums of D terms whose absolute values sum to
+    at most |a||b|, so each is off by at most a few gamma_D = D * 2^-24 (the textbook bound for
+    any summation order; the official path sums three times, the fast one three times with
+    a division); 8 gamma_{D+2} + 1e-6 covers both with room to spare.
+    """
+    return 8 * (dim + 2) * 2.0**-24 + 1e-6
+
+
+def frame_similarity(features: torch.Tensor, tau: float | None = None) -> torch.Tensor:
+    """Cosine similarity of each position between frames t and t+1: [T, N, D] -> [T-1, N].
+
+    Fast path: ``dot(a, b) / (|a| |b|)``, three passes over the features (norms, products,
+    row sums) instead of the official six, within ``similarity_margin(D)`` of the official
+    value. With ``tau``, every entry within that margin of ``tau``, and every pair with a
+    vector outside ``ORDINARY_NORMS``, is recomputed with the official op sequence
+    (``official_frame_similarity``), so ``similarity > tau`` is the official decision for
+    every entry, and so are the windows, the static masks and the tokens kept.
+    """
+    frames, count, dim = features.shape
+    if frames < 2:
+        return features.new_empty(0, count)
+    norms = features.new_empty(frames, count)
+    dots = features.new_empty(frames - 1, count)
+    step = max(1, SIMILARITY_BLOCK_ELEMENTS // max(features[0].numel(), 1))
+    products = features.new_empty(min(step, frames - 1), count, dim)
+    for start in range(0, frames - 1, step):  # each block is read from memory once, then from cache
+        end = min(start + step, frames - 1)
+        torch.linalg.vector_norm(features[start : end + 1], 2, dim=-1, out=norms[start : end + 1])
+        torch.mul(features[start:end], features[start + 1 : end + 1], out=products[: end - start])
+        torch.sum(products[: end - start], dim=-1, out=dots[start:end])
+    ordinary = (norms > ORDINARY_NORMS[0]) & (norms < ORDINARY_NORMS[1])
+    pair_ordinary = ordinary[:-1] & ordinary[1:]
+    similarity = dots / torch.where(pair_ordinary, norms[:-1] * norms[1:], 1.0)
+    recheck = ~pair_ordinary
+    if tau is not None:
+        recheck |= (similarity - tau).abs() <= similarity_margin(dim)
+    steps, positions = recheck.nonzero(as_tuple=True)
+    if steps.numel():
+        pairs = torch.stack([features[steps, positions], features[steps + 1, positions]])
+        similarity[steps, positions] = official_frame_similarity(pairs)[0]
+    return similarity
 
 
 def window_gain_matrix(similarity: torch.Tensor, tau: float) -> torch.Tensor:
@@ -324,7 +377,7 @@ def cluster_dpc_knn(
             raise MethodError(f"density noise has shape {tuple(noise.shape)}, expected {tuple(density.shape)}")
         density = density + noise.to(density) * DENSITY_NOISE_SCALE
     denser = density[:, None, :] > density[:, :, None]
-    dist_max = dist.flatten(1).max(dim=-1).values[:, None, None]
+    dist_max = dist.amax(dim=(1, 2))[:, None, None]
     delta = torch.where(denser, dist, dist_max).min(dim=-1).values
     score = delta * density
     centres = score.topk(cluster_num, dim=-1).indices
@@ -332,9 +385,11 @@ def cluster_dpc_knn(
 
 
 def take_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``values[b, index[b, j]]``: [B, n, D] x [B, k] -> [B, k, D] (faster than an expanded gather)."""
-    rows = torch.arange(values.shape[0], device=values.device)[:, None]
-    return values[rows, index]
+    """``values[b, index[b, j]]``: [B, n, D] x [B, k] -> [B, k, D], as one flat ``index_select``."""
+    batch, count, dim = values.shape
+    offsets = torch.arange(batch, device=values.device)[:, None] * count
+    flat_index = (index + offsets).reshape(-1)
+    return values.reshape(-1, dim).index_select(0, flat_index).reshape(batch, index.shape[1], dim)
 
 
 def merge_into_centres(
@@ -352,15 +407,17 @@ def merge_into_centres(
     clusters = centres.shape[1]
     is_member = torch.ones(batch, count, dtype=torch.bool, device=features.device)
     is_member.scatter_(1, centres, torch.zeros_like(centres, dtype=torch.bool))  # tensor src: traceable by fvcore
+    members = is_member.reshape(-1).nonzero().squeeze(1)  # flat b * n + i
     to_centre = dist_matrix.gather(2, centres[:, None, :].expand(batch, count, clusters))
-    assignment = to_centre.argmin(dim=-1)  # [B, n]
-    slot = (assignment + clusters * torch.arange(batch, device=features.device)[:, None])[is_member]
-    sums = features.new_zeros(batch * clusters, dim).index_add_(0, slot, features[is_member])
-    sizes = torch.bincount(slot, minlength=batch * clusters).to(features.dtype)[:, None]
-    centre_feat = take_rows(features, centres).reshape(-1, dim)
-    merged = beta * centre_feat + (1 - beta) * (sums / sizes.clamp(min=1))
-    merged = torch.where(sizes > 0, merged, centre_feat)
-    return merged.reshape(batch, clusters, dim), assignment[is_member].reshape(batch, count - clusters)
+    assignment = to_centre.argmin(dim=-1).reshape(-1).index_select(0, members)
+    slot = assignment + clusters * (members // count)
+    sums = features.new_zeros(batch * clusters, dim).index_add_(0, slot, features.reshape(-1, dim).index_select(0, members))
+    sizes = torch.bincount(slot, minlength=batch * clusters)
+    merged = take_rows(features, centres).reshape(-1, dim)  # a centre without members stays itself
+    filled = sizes.nonzero().squeeze(1)
+    member_mean = sums.index_select(0, filled) / sizes.index_select(0, filled)[:, None].to(features.dtype)
+    merged[filled] = beta * merged.index_select(0, filled) + (1 - beta) * member_mean
+    return merged.reshape(batch, clusters, dim), assignment.reshape(batch, count - clusters)
 
 
 def next_noise(source: NoiseSource) -> torch.Tensor | torch.Generator | None:
@@ -525,7 +582,7 @@ def outer_stage(
     window order), so a generator seeded s reproduces ``torch.manual_seed(s)``.
     """
     frames, count, _ = features.shape
-    similarity = frame_similarity(features)
+    similarity = frame_similarity(features, tau)
     windows, total_reduced = select_static_windows(similarity, frames, tau, max_window)
     ratio = adjusted_retain_ratio(retain, frames * count, total_reduced)
     parts = split_static_dynamic(features, attention, windows, similarity, tau)

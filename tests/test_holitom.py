@@ -239,6 +239,49 @@ def test_dp_windows_optimal_with_official_ties(seed: int, max_window: int):
     assert total == max(segmentation_total(gain, w) for w in all_segmentations(frames, max_window))
 
 
+def official_similarity(features: torch.Tensor) -> torch.Tensor:
+    """``llava_arch.py`` 377-380 verbatim in op order: normalise, then cosine similarity."""
+    normed = torch.nn.functional.normalize(features, p=2, dim=-1)
+    return torch.nn.functional.cosine_similarity(normed[:-1], normed[1:], dim=-1)
+
+
+@pytest.mark.parametrize("dim", [16, 896])
+def test_frame_similarity_official_bits_and_fast_values(dim: int):
+    features = random_video(frames=7, side=6, dim=dim, seed=dim).features.flatten(1, 2)
+    official = official_similarity(features)
+    assert torch.equal(ht.official_frame_similarity(features), official)
+    assert (ht.frame_similarity(features) - official).abs().max() <= ht.similarity_margin(dim)
+
+
+@pytest.mark.parametrize("dim", [16, 896])
+def test_frame_similarity_decides_like_official_at_every_threshold(dim: int):
+    """tau set to official values themselves (and one float step either side): every entry
+    within rounding of tau must be recomputed with the official bits, or a decision flips."""
+    features = random_video(frames=7, side=6, dim=dim, seed=dim + 1).features.flatten(1, 2)
+    official = official_similarity(features)
+    for value in official.flatten()[::7].tolist():
+        for tau in (value, math.nextafter(value, -2.0), math.nextafter(value, 2.0)):
+            ours = ht.frame_similarity(features, tau)
+            assert torch.equal(ours > tau, official > tau), tau
+
+
+def test_frame_similarity_degenerate_vectors_take_the_official_path():
+    gen = torch.Generator().manual_seed(3)
+    features = torch.randn(4, 5, 8, generator=gen)
+    features[1, 0] = 0.0
+    features[2, 1] *= 1e-20
+    features[0, 2] *= 1e20
+    features[3, 3] = float("nan")
+    bad = torch.zeros(4, 5, dtype=torch.bool)
+    bad[1, 0] = bad[2, 1] = bad[0, 2] = bad[3, 3] = True
+    touched = bad[:-1] | bad[1:]
+    ours, official = ht.frame_similarity(features, 0.5), official_similarity(features)
+    assert torch.equal(ours.isnan(), official.isnan())
+    assert official[touched].isnan().sum() == 1  # the NaN vector; the others have values
+    assert torch.equal(ours[touched].nan_to_num(), official[touched].nan_to_num())
+    assert ht.frame_similarity(features[:1]).shape == (0, 5)
+
+
 def loop_merge_into_centres(feat: torch.Tensor, centres: torch.Tensor, dist: torch.Tensor, beta: float) -> torch.Tensor:
     out = []
     for b in range(feat.shape[0]):
