@@ -3,7 +3,9 @@
 Registration and parameters, the paper-convention FLOPs of ``token_schedule``, bad inputs
 (single frame, identical or zero features, budgets that leave nothing, missing encoder
 attention), the reducer end to end on random videos, the vectorised pieces against plain
-loop references (DP windows, merge into centres, the inner sequential merge) and seeding.
+loop references (DP windows, merge into centres, the inner sequential merge), the fast frame
+similarity's ``> tau`` decisions against the official op sequence, seeding, and the speed
+benchmark's re-implementation of the official loops against ours.
 """
 
 from __future__ import annotations
@@ -358,3 +360,14 @@ def test_inner_zero_hidden_states_no_nan():
 def test_inner_span_too_short_raises():
     with pytest.raises(BudgetError):
         ht.inner_merge(torch.randn(1, 1, 4), torch.rand(1), 0.5)
+
+
+@pytest.mark.parametrize("retain", [0.1, 0.5])
+def test_speed_benchmark_reference_agrees_with_ours(retain: float):
+    """The benchmark's re-implementation of the official loops (one_token and grid layouts)
+    gives our windows, decisions and tokens; ``run_case`` asserts each of them."""
+    from benchmarks.bench_holitom import run_case
+
+    row = run_case(dim=32, frames=8, retain=retain, tau=ht.default_tau(retain), max_window=1024, repeats=1, seed=0)
+    assert row["windows"] >= 1
+    assert row["grid_tokens"] > row["tokens"]  # newlines added
