@@ -180,10 +180,11 @@ def official_frame_similarity(features: torch.Tensor) -> torch.Tensor:
 def similarity_margin(dim: int) -> float:
     """Bound on |fast - official| similarity for D-dimensional features of ordinary norm.
 
-    Both compute the true cosine with float32 sums of D terms whose absolute values sum to
-    at most |a||b|, so each is off by at most a few gamma_D = D * 2^-24 (the textbook bound for
-    any summation order; the official path sums three times, the fast one three times with
-    a division); 8 gamma_{D+2} + 1e-6 covers both with room to spare.
+    Both compute the true cosine from float32 sums of D terms whose absolute values sum to
+    at most |a||b| (two norms and one dot product each; the official path also divides
+    twice per element, the fast one once per entry), so each is off by at most a few
+    gamma_D = D * 2^-24, the textbook bound for any summation order; 8 gamma_{D+2} + 1e-6
+    covers the difference of the two with room to spare.
     """
     return 8 * (dim + 2) * 2.0**-24 + 1e-6
 
