@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 
+from benchmarks.bench_holitom import reference_similarity, run_case
 from methods import holitom as ht
 from methods.base import (
     STAGE_BOTH,
@@ -241,16 +242,10 @@ def test_dp_windows_optimal_with_official_ties(seed: int, max_window: int):
     assert total == max(segmentation_total(gain, w) for w in all_segmentations(frames, max_window))
 
 
-def official_similarity(features: torch.Tensor) -> torch.Tensor:
-    """``llava_arch.py`` 377-380 verbatim in op order: normalise, then cosine similarity."""
-    normed = torch.nn.functional.normalize(features, p=2, dim=-1)
-    return torch.nn.functional.cosine_similarity(normed[:-1], normed[1:], dim=-1)
-
-
 @pytest.mark.parametrize("dim", [16, 896])
 def test_frame_similarity_official_bits_and_fast_values(dim: int):
     features = random_video(frames=7, side=6, dim=dim, seed=dim).features.flatten(1, 2)
-    official = official_similarity(features)
+    official = reference_similarity(features)
     assert torch.equal(ht.official_frame_similarity(features), official)
     assert (ht.frame_similarity(features) - official).abs().max() <= ht.similarity_margin(dim)
 
@@ -260,7 +255,7 @@ def test_frame_similarity_decides_like_official_at_every_threshold(dim: int):
     """tau set to official values themselves (and one float step either side): every entry
     within rounding of tau must be recomputed with the official bits, or a decision flips."""
     features = random_video(frames=7, side=6, dim=dim, seed=dim + 1).features.flatten(1, 2)
-    official = official_similarity(features)
+    official = reference_similarity(features)
     for value in official.flatten()[::7].tolist():
         for tau in (value, math.nextafter(value, -2.0), math.nextafter(value, 2.0)):
             ours = ht.frame_similarity(features, tau)
@@ -277,7 +272,7 @@ def test_frame_similarity_degenerate_vectors_take_the_official_path():
     bad = torch.zeros(4, 5, dtype=torch.bool)
     bad[1, 0] = bad[2, 1] = bad[0, 2] = bad[3, 3] = True
     touched = bad[:-1] | bad[1:]
-    ours, official = ht.frame_similarity(features, 0.5), official_similarity(features)
+    ours, official = ht.frame_similarity(features, 0.5), reference_similarity(features)
     assert torch.equal(ours.isnan(), official.isnan())
     assert official[touched].isnan().sum() == 1  # the NaN vector; the others have values
     assert torch.equal(ours[touched].nan_to_num(), official[touched].nan_to_num())
@@ -366,8 +361,6 @@ def test_inner_span_too_short_raises():
 def test_speed_benchmark_reference_agrees_with_ours(retain: float):
     """The benchmark's re-implementation of the official loops (one_token and grid layouts)
     gives our windows, decisions and tokens; ``run_case`` asserts each of them."""
-    from benchmarks.bench_holitom import run_case
-
     row = run_case(dim=32, frames=8, retain=retain, tau=ht.default_tau(retain), max_window=1024, repeats=1, seed=0)
     assert row["windows"] >= 1
     assert row["grid_tokens"] > row["tokens"]  # newlines added
