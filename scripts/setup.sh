@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install tokbench with its pinned dependencies and test tools.
+# Create .venv (if missing) and install exactly the locked environment: every package at the
+# version requirements.lock pins (Linux x86-64, Python 3.11; refresh it with scripts/lock.sh),
+# then tokbench itself in editable mode without resolving anything further.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/pip install --quiet -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import torch, torchvision, transformers, lmms_eval, fvcore, av" \
+quiet() { grep -v -e "^WARNING: Location" -e "is neither a file nor a directory" || true; }
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.lock 2>&1 | quiet
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | quiet
+.venv/bin/python -c "import torch, torchvision, transformers, lmms_eval, fvcore, av, decord, lmms_eval.evaluator" \
   || { echo "setup failed: dependencies did not install" >&2; exit 1; }

@@ -1,6 +1,9 @@
 """Golden conformance: every file of a golden directory checked against our implementation.
 
-The directory is ``../shared/golden/public`` by default, or ``$TOKBENCH_GOLDEN_DIR``. Each
+The directory is ``tests/data/golden`` by default: one file of every kind (method and function)
+of the public set made by running the official code (``../shared/golden/public``, not shipped with
+a clone). ``$TOKBENCH_GOLDEN_DIR`` selects another set (``.ci/run`` points it at the full public
+set when ``../shared`` exists, and a held-out set works the same way). Each
 ``<method>_<function>_<case>.pt`` file is dispatched on its ``<method>_<function>`` prefix to
 a checker in ``tests/golden_checks/``; a file no checker knows FAILS (so a held-out set with
 new kinds of files cannot pass silently). Tolerances follow ../shared/golden/README.md.
@@ -16,7 +19,7 @@ import torch
 
 from tests.golden_checks import CHECKERS
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "public"
+DEFAULT_DIR = Path(__file__).resolve().parent / "data" / "golden"
 
 
 def golden_dir() -> Path:
