@@ -25,12 +25,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from harness.models.default import default_model
+from embedded.default import default_model
 from harness.models.llava_onevision import LlavaOnevisionAdapter
 from harness.runner import Runner
-from harness.train_tiny import POST_PROMPT
 from methods.registry import build_reducer
-from tasks.synthvqa.utils import DATA_DIR, synthvqa_doc_to_text
+from tasks.synthvqa.utils import DATA_DIR, POST_PROMPT, synthvqa_doc_to_text
 
 METHODS = {
     "uniform_pool": {"retain": 0.10},

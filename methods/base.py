@@ -1,6 +1,7 @@
 """The reducer interface: what every visual-token reduction method implements.
 
-A method sees tokens, never a model (see DESIGN.md, "The seam"). It acts at one or both of
+A method sees tokens, never a model (docs/adding_a_method.md, "The seam"; the project's design
+notes, ../shared/DESIGN.md, are not shipped with the repository). It acts at one or both of
 two stages:
 
 * pre-LLM: ``reduce_visual(VideoTokens) -> ReducedTokens``, on the projected visual features

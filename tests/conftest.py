@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.models.tiny import TinySpec, build_tiny_llava_onevision
+from embedded.tiny import TinySpec, build_tiny_llava_onevision
 
 TEST_SPEC = TinySpec(image_size=32, patch_size=8, vision_hidden=32, vision_heads=2, text_hidden=64, text_intermediate=128)
 

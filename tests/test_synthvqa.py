@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tasks.synthvqa import generate as gen
-from tasks.synthvqa.utils import parse_answer, synthvqa_aggregate
+from tasks.synthvqa.utils import POST_PROMPT, parse_answer, synthvqa_aggregate
 
 TASK_DIR = Path(gen.__file__).resolve().parent
 
@@ -181,8 +181,7 @@ def test_task_loads_through_lmms_eval() -> None:
     assert len(docs) == 240 and len(list(tasks["synthvqa_val"].test_docs())) == 120
     doc = docs[0]
     options = "".join(f"{letter}. {option}\n" for letter, option in zip(gen.LETTERS, doc["options"]))
-    post = "Answer with the option's letter from the given choices directly."
-    assert task.doc_to_text(doc) == f"{doc['question']}\n{options}{post}"
+    assert task.doc_to_text(doc) == f"{doc['question']}\n{options}{POST_PROMPT}"
     (video,) = task.doc_to_visual(doc)
     assert Path(video).is_absolute() and Path(video).is_file()
     assert task.doc_to_target(doc) == doc["answer"]

@@ -8,7 +8,7 @@ import collections
 import numpy as np
 import pytest
 
-from harness.train_curriculum import (
+from embedded.train_curriculum import (
     COUNTING_KEY_FRAMES,
     KEY_FRAME_FAMILIES,
     SINGLE_FRAME_FAMILIES,
@@ -19,7 +19,7 @@ from harness.train_curriculum import (
     stage_at,
     stages,
 )
-from harness.train_targets import object_visibility
+from embedded.train_targets import object_visibility
 from tasks.synthvqa.generate import FAMILIES, render_spec, sample_specs
 
 

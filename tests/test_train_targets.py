@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.train_targets import (
+from embedded.train_targets import (
     IGNORE,
     MIN_CELL_PIXELS,
     STILL,

@@ -1,4 +1,4 @@
-"""Training on random subsets of the video tokens (``harness.train_token_subsets``): the draws,
+"""Training on random subsets of the video tokens (``embedded.train_token_subsets``): the draws,
 and that a subset prefix is exactly what the full prompt becomes when those tokens are kept."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.train_tiny import PromptCodec, parse_args, target_logits, video_pixels
-from harness.train_token_subsets import draw_keep_count, is_subset_step, random_subsets, subset_prefix_embeds
+from embedded.train_tiny import PromptCodec, parse_args, target_logits, video_pixels
+from embedded.train_token_subsets import draw_keep_count, is_subset_step, random_subsets, subset_prefix_embeds
 from tasks.synthvqa.generate import render_spec, sample_specs
 
 

@@ -18,15 +18,14 @@ import json
 import pytest
 import torch
 
-from harness.models.default import default_model
+from embedded.default import default_model
 from harness.models.llava_onevision import LlavaOnevisionAdapter
 from harness.runner import Runner
-from harness.train_tiny import POST_PROMPT
 from methods.base import ReducedTokens, VideoTokens, keep_all
 from methods.full import Full
 from methods.registry import build_reducer
 from tasks.synthvqa.generate import DATA_DIR
-from tasks.synthvqa.utils import synthvqa_doc_to_text, synthvqa_process_results
+from tasks.synthvqa.utils import POST_PROMPT, synthvqa_doc_to_text, synthvqa_process_results
 
 VQ_CHECKPOINT_NAME = "tiny-llava-ov-synthvqa-vqtoken"
 SAMPLES = 36

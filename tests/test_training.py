@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from harness.eval_clips import clip_accuracy
-from harness.models.llava_onevision import LlavaOnevisionAdapter
-from harness.models.tiny import (
+from embedded.eval_clips import clip_accuracy
+from embedded.tiny import (
     build_model,
     build_tokenizer,
     save_checkpoint,
 )
-from harness.train_curriculum import clip
-from harness.train_targets import AuxiliaryHeads
-from harness.train_tiny import (
-    POST_PROMPT,
+from embedded.train_curriculum import clip
+from embedded.train_targets import AuxiliaryHeads
+from embedded.train_tiny import (
     PromptCodec,
     auxiliary_loss,
     chat_prompt,
@@ -30,13 +28,14 @@ from harness.train_tiny import (
     video_tokens,
     vision_loss,
 )
-from harness.train_tiny import train as train_tiny
-from harness.train_vq_attention import parse_args as parse_vq_args
-from harness.train_vq_attention import train as train_vq
+from embedded.train_tiny import train as train_tiny
+from embedded.train_vq_attention import parse_args as parse_vq_args
+from embedded.train_vq_attention import train as train_vq
+from harness.models.llava_onevision import LlavaOnevisionAdapter
 from methods.registry import build_reducer
 from methods.vqtoken import VQ_ATTENTION_FILE
 from tasks.synthvqa.generate import LETTERS, render_spec, sample_specs
-from tasks.synthvqa.utils import synthvqa_doc_to_text
+from tasks.synthvqa.utils import POST_PROMPT, synthvqa_doc_to_text
 from tests.conftest import TEST_SPEC
 
 

@@ -18,6 +18,10 @@ from typing import Any
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 LETTERS = "ABCD"
+# The instruction after the options. lmms-eval reads it from _synthvqa_base.yaml
+# (lmms_eval_specific_kwargs); Python code (the embedded trainer, the benchmarks) imports it from
+# here, and tests/test_synthvqa.py checks that the task lmms-eval loads builds its prompt with it.
+POST_PROMPT = "Answer with the option's letter from the given choices directly."
 _LETTER = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
 _LONE_LOWERCASE = re.compile(r"^\W*([a-d])\W*$")
 

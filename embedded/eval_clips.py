@@ -1,7 +1,7 @@
 """Per-family val accuracy of a trained checkpoint on clips of a few frames: a training diagnosis.
 
-``python -m harness.eval_clips checkpoints/tiny-llava-ov-synthvqa --frames 5 8 16`` cuts every
-val video to N frames that keep its key frames (``harness.train_curriculum.clip``: the answer is
+``python -m embedded.eval_clips checkpoints/tiny-llava-ov-synthvqa --frames 5 8 16`` cuts every
+val video to N frames that keep its key frames (``embedded.train_curriculum.clip``: the answer is
 unchanged; a sample with more key frames than N is skipped) and scores the greedy first token as
 training's validation does. A family answered on short clips but not on full videos points at
 length generalisation; a family at chance at every length was never learned.
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embedded.train_curriculum import clip
+from embedded.train_tiny import PromptCodec, evaluate
 from harness.models.llava_onevision import LlavaOnevisionAdapter
-from harness.train_curriculum import clip
-from harness.train_tiny import PromptCodec, evaluate
 from tasks.synthvqa.generate import render_spec, sample_specs
 
 

@@ -1,4 +1,4 @@
-"""The frame-count curriculum of ``harness.train_tiny``: short clips first, full videos last.
+"""The frame-count curriculum of ``embedded.train_tiny``: short clips first, full videos last.
 
 From scratch, with 16 frames (785 video tokens) in front of a 30-token question, the answer
 position's untrained attention is spread so thin that the question barely reaches it, and
@@ -8,17 +8,17 @@ letter) are learned fastest on short clips, so training runs in stages:
 
 0. optionally (``--vision-steps``, off by default), the vision tower and projector alone, on
    single frames of every family, trained only on the per-patch targets (and, when on, the
-   object summaries) of ``harness.train_targets``: a ViT from scratch learns shape slowly, and
+   object summaries) of ``embedded.train_targets``: a ViT from scratch learns shape slowly, and
    a step without the language model costs a fifth of a video step. It taught the tower shape,
    but from scratch (tower trained on, or frozen with ``--freeze-vision``) the language model
    then stayed at chance in the later stages; in a run continuing a trained model (``--init``,
-   run 9 in the README) it recovered within a few hundred steps;
+   run 9 in embedded/README.md) it recovered within a few hundred steps;
 1. 1 frame, ``static`` and ``small_object`` only (one frame holds their whole answer);
 2. one or more short-clip stages of growing length (say 5, then 8, then 12 frames), each on every
    family whose answer survives cutting the video down to that many frames: its key frames must
    fit (``static``, ``small_object``, ``motion``, ``needle`` and ``order`` have at most 5;
    ``counting`` up to 10). Going straight from 5 frames to 16 did not carry motion over; 5 then
-   8 frames did (see the README);
+   8 frames did (see embedded/README.md);
 3. all frames, every family (what evaluation asks).
 
 A clip keeps the video's key frames (first, last, and every frame at which some object appears
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.train_targets import object_visibility
+from embedded.train_targets import object_visibility
 from tasks.synthvqa.generate import COUNTS, FAMILIES, Sample, SampleSpec
 
 SINGLE_FRAME_FAMILIES = ("static", "small_object")

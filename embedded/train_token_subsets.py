@@ -2,8 +2,8 @@
 tokens a reducer leaves it.
 
 A model trained only on all 784 video tokens learns to lean on their redundancy: an earlier
-checkpoint (runs 1-3 in the README) answered at chance with any reducer at 1% of the tokens, even where the
-kept tokens held the answer (see the README). In a "subset" step (``--subset-share`` of the
+checkpoint (runs 1-3 in embedded/README.md) answered at chance with any reducer at 1% of the tokens, even where the
+kept tokens held the answer. In a "subset" step (``--subset-share`` of the
 question-answering steps, from step ``--subset-from`` on) each video keeps a random ``keep``
 fraction of its tokens, drawn log-uniformly from ``--subset-keep LOW HIGH``, in their original
 order and followed by the video newline, as a pre-LLM reducer hands them over (compact

@@ -1,7 +1,7 @@
 """Train the embedded default model: a small LLaVA-OneVision on SynthVQA train, on CPU.
 
-``python -m harness.train_tiny --out checkpoints/tiny-llava-ov-synthvqa`` builds the model
-(``harness.models.tiny``: SigLIP-style tower, 2x2-pooled 7x7 grid per frame, Qwen2-style
+``python -m embedded.train_tiny --out checkpoints/tiny-llava-ov-synthvqa`` builds the model
+(``embedded.tiny``: SigLIP-style tower, 2x2-pooled 7x7 grid per frame, Qwen2-style
 decoder, a byte-level BPE tokenizer whose merges are learned from SynthVQA prompts), trains
 every weight from scratch on freshly rendered SynthVQA train samples (never the val or test
 seeds) and writes a Hugging Face checkpoint plus ``training.json`` (settings, seed, wall time,
@@ -18,7 +18,7 @@ is cross-entropy on the answer letter and the end-of-turn token. With ``--open-e
 option's text: from scratch, the letter alone gives no signal until the model both sees the
 answer and links it to its letter (training sat at chance for 450 steps without it), whereas
 naming what it sees is learnable directly. With ``--subset-share`` some steps show each video
-only a random subset of its tokens (``harness.train_token_subsets``). Validation renders the val
+only a random subset of its tokens (``embedded.train_token_subsets``). Validation renders the val
 split's samples in memory and scores the greedy first token, as ``full`` would answer.
 """
 
@@ -37,27 +37,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.models.tiny import (
+from embedded.tiny import (
     TinySpec,
     build_model,
     build_processor,
     build_tokenizer,
     save_checkpoint,
 )
-from harness.train_curriculum import clip, draw_specs, stage_at, stages
-from harness.train_targets import AuxiliaryHeads, appearance_targets, object_cell_coverage, patch_targets
-from harness.train_token_subsets import (
+from embedded.train_curriculum import clip, draw_specs, stage_at, stages
+from embedded.train_targets import AuxiliaryHeads, appearance_targets, object_cell_coverage, patch_targets
+from embedded.train_token_subsets import (
     check_keep_range,
     draw_keep_count,
     is_subset_step,
     random_subsets,
     subset_prefix_embeds,
 )
+from harness.models.llava_onevision import VIDEO_TOKEN
 from tasks.synthvqa.generate import FAMILIES, LETTERS, Sample, render_spec, sample_specs
-from tasks.synthvqa.utils import synthvqa_doc_to_text
+from tasks.synthvqa.utils import POST_PROMPT, synthvqa_doc_to_text
 
-VIDEO_TOKEN = "<video>"
-POST_PROMPT = "Answer with the option's letter from the given choices directly."
 OPEN_POST_PROMPT = "Answer with one word."
 DEFAULT_SPEC = TinySpec(vision_layers=3)
 POOL_STRIDE = 2  # LLaVA-OV pools 2x2 vision patches into one video token
@@ -161,7 +160,7 @@ def target_logits(
     ``pixels`` is [B, T, C, H, W]; suffix ``i`` (ids, number of trailing targets) belongs to
     video ``i // copies``. Targets come suffix by suffix, in order. If ``prefix_hidden`` is a
     list, the prefix's hidden states (embeddings, then every layer) are appended to it. With
-    ``keep`` [B, k] the prefix holds only those video tokens (``harness.train_token_subsets``).
+    ``keep`` [B, k] the prefix holds only those video tokens (``embedded.train_token_subsets``).
     """
     batch = pixels.shape[0]
     if keep is None:
@@ -232,7 +231,7 @@ def auxiliary_loss(
     layer_hidden: torch.Tensor,
     onsets_from_frame: int = 0,
 ) -> torch.Tensor:
-    """The intermediate supervision of ``harness.train_targets`` for one batch (the per-patch part
+    """The intermediate supervision of ``embedded.train_targets`` for one batch (the per-patch part
     only while the vision tower and projector still train)."""
     patch_px = patch_pixels(samples, spec)
     cell = POOL_STRIDE * patch_px
@@ -286,9 +285,9 @@ def freeze_vision(model, processor, samples: Sequence[Sample], target_norm: floa
     output rescaled so that video tokens have mean norm ``target_norm``; returns the factor.
 
     The vision-only stage leaves video tokens far larger than the language model's residual stream
-    (norm 79 against 7 in run 1's model, see the README), so the layers' updates to them barely
+    (norm 79 against 7 in run 1's model, see embedded/README.md), so the layers' updates to them barely
     count. The rescale changes only their scale, not their content. (In the one run tried, answer
-    training still stayed at chance: see the README.)"""
+    training still stayed at chance: see embedded/README.md.)"""
     factor = target_norm / float(video_tokens(model, processor, samples).norm(dim=-1).mean())
     output_layer = model.model.multi_modal_projector.linear_2
     output_layer.weight.mul_(factor)
@@ -333,7 +332,7 @@ def load_start(checkpoint: Path) -> tuple[dict, object, torch.nn.Module]:
 
     record = checkpoint / "training.json"
     if not record.is_file():
-        raise FileNotFoundError(f"{record} is missing: --init takes a checkpoint written by harness.train_tiny")
+        raise FileNotFoundError(f"{record} is missing: --init takes a checkpoint written by embedded.train_tiny")
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(checkpoint).train()
     return json.loads(record.read_text()), AutoTokenizer.from_pretrained(checkpoint), model
 
@@ -353,7 +352,7 @@ def write_record(
     the log up to the saved step (``completed_steps`` says how far the run had got), plus the
     record of the run this one continues (``previous``, with ``--init``)."""
     summary = {
-        "command": "python -m harness.train_tiny " + " ".join(args.argv),
+        "command": "python -m embedded.train_tiny " + " ".join(args.argv),
         "spec": asdict(spec),
         "curriculum": [asdict(stage) for stage in plan],
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "argv")},
@@ -508,7 +507,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--aux-weight",
         type=float,
         default=1.0,
-        help="weight of the intermediate supervision (harness.train_targets); 0 turns it off",
+        help="weight of the intermediate supervision (embedded.train_targets); 0 turns it off",
     )
     parser.add_argument(
         "--aux-layer",
@@ -548,7 +547,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0,
         help="curriculum stage 0: steps on the vision tower and projector alone (per-patch targets and, "
         "with --object-summary-weight, the object summaries; "
-        "see the README: from scratch the language model's stages then stalled at chance, after --init not)",
+        "see embedded/README.md: from scratch the language model's stages then stalled at chance, after --init not)",
     )
     parser.add_argument(
         "--freeze-vision",
@@ -564,7 +563,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--single-frame-steps",
         type=int,
         default=300,
-        help="curriculum stage 1 (harness.train_curriculum): steps on single frames of static/small_object",
+        help="curriculum stage 1 (embedded.train_curriculum): steps on single frames of static/small_object",
     )
     parser.add_argument(
         "--short-clip-steps",
@@ -593,14 +592,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="share of question-answering steps that see a random subset of the video tokens "
-        "(harness.train_token_subsets; 0: off)",
+        "(embedded.train_token_subsets; 0: off)",
     )
     parser.add_argument(
         "--subset-from",
         type=int,
         default=0,
         help="first training step (0-based, over every stage) that may be a subset step; with "
-        "subsets from the start, the single-frame and 5-frame stages learned more slowly (see the README)",
+        "subsets from the start, the single-frame and 5-frame stages learned more slowly (see embedded/README.md)",
     )
     parser.add_argument(
         "--subset-keep",

@@ -1,6 +1,6 @@
 """Fine-tune a LLaVA-OneVision checkpoint with VQToken's VQ-Attention in the loop.
 
-``python -m harness.train_vq_attention --base checkpoints/tiny-llava-ov-synthvqa
+``python -m embedded.train_vq_attention --base checkpoints/tiny-llava-ov-synthvqa
 --out checkpoints/tiny-llava-ov-synthvqa-vqtoken`` trains on SynthVQA train what
 ``vqtoken mode=attention`` (and ``token_dynamics``) evaluate: the video's un-pooled tokens go
 through the registered reducer itself (k-means codebook + index map -> VQ-Attention ->
@@ -30,14 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.models.llava_onevision import LlavaOnevisionAdapter
-from harness.train_tiny import (
+from embedded.train_tiny import (
     add_loop_args,
     chat_prompt,
     finish_args,
     learning_rate,
     permuted_questions,
 )
+from harness.models.llava_onevision import LlavaOnevisionAdapter
 from methods.kmeans import seeded_generator
 from methods.registry import build_reducer
 from methods.vqtoken import VQAttention, save_vq_attention
@@ -146,7 +146,7 @@ def write_checkpoint(args: argparse.Namespace, adapter, module: VQAttention, log
                 shutil.copy2(path, out / path.name)
     save_vq_attention(module.eval(), out)
     summary = {
-        "command": "python -m harness.train_vq_attention " + " ".join(args.argv),
+        "command": "python -m embedded.train_vq_attention " + " ".join(args.argv),
         "base": str(args.base),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "argv")},
         "attention_parameters": sum(p.numel() for p in module.parameters()),

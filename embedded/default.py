@@ -2,16 +2,21 @@
 
 ``checkpoints/tiny-llava-ov-synthvqa`` is what ``./run_all.sh`` with no arguments evaluates
 (``configs/synthvqa.yaml``) and what the benchmarks time. It was written by
-``python -m harness.train_tiny`` (its model card, ``README.md`` there, gives the command, seed,
+``python -m embedded.train_tiny`` (its model card, ``README.md`` there, gives the command, seed,
 time and accuracy).
+
+The folder is found relative to the repository: ``embedded/`` is not installed (it is not in
+pyproject's packages), so this file always sits in a source checkout, one level below the
+repository root that holds ``checkpoints/``. Code that runs from an installed tokbench names a
+checkpoint folder itself (a sweep config's ``pretrained``, ``--model``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
-DEFAULT_DIR = CHECKPOINTS / "tiny-llava-ov-synthvqa"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DIR = REPO_ROOT / "checkpoints" / "tiny-llava-ov-synthvqa"
 
 
 def default_model(path: Path = DEFAULT_DIR) -> Path:
@@ -19,7 +24,7 @@ def default_model(path: Path = DEFAULT_DIR) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"{path} has no config.json: the embedded default checkpoint is committed in the repo; "
-            "restore it with `git checkout -- checkpoints/` or retrain it with `python -m harness.train_tiny --out "
+            "restore it with `git checkout -- checkpoints/` or retrain it with `python -m embedded.train_tiny --out "
             f"{path}`"
         )
     return path

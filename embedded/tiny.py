@@ -3,7 +3,7 @@
 The result is a regular Hugging Face folder (config, safetensors weights, tokenizer,
 processor, chat template) that ``LlavaOnevisionForConditionalGeneration.from_pretrained``
 and ``AutoProcessor.from_pretrained`` load like a hub checkpoint. Tests use it with random
-weights; the embedded default trains one (``harness/train_tiny.py``).
+weights; the embedded default trains one (``embedded/train_tiny.py``).
 
 The tokenizer is byte-level BPE with the special tokens of LLaVA-OV's Qwen2 tokenizer. Without a
 corpus it has no merges (every byte is a token), so any prompt can be encoded without a trained
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from harness.models.llava_onevision import VIDEO_TOKEN
+
 QWEN2_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
@@ -29,7 +31,7 @@ QWEN2_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", VIDEO_TOKEN)
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def build_config(spec: TinySpec, tokenizer):
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
         image_grid_pinpoints=[[spec.image_size, spec.image_size]],
