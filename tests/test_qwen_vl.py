@@ -203,3 +203,24 @@ def test_sweep_over_both_families_writes_one_leaderboard(tiny_checkpoint, qwen_c
     assert (qwen_rows["tflops_measured"] > 0).all() and (qwen_rows["visual_tokens"] > 0).all()
     full = qwen_rows[qwen_rows["method"] == "full"].iloc[0]
     assert full["visual_tokens"] == 18  # 4 frames -> 2 frame pairs of 3x3 merged tokens
+    for method in ("uniform_pool", "fastv", "divprune", "holitom", "vqtoken"):  # fvcore sees the reduction
+        assert qwen_rows[qwen_rows["method"] == method].iloc[0]["tflops_measured"] < full["tflops_measured"], method
+
+
+def flops_json(args, capsys) -> dict:
+    assert main(["flops", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_flops_knows_qwen_geometry(qwen_checkpoint, capsys):
+    # 448x448 -> 16x16 patches of 28 px per frame pair; 32 frames -> 16 pairs
+    assert flops_json(["--model", "qwen2.5-vl-7b", "--frames", "32", "--method", "full"], capsys)["visual_tokens_full"] == 16 * 256
+    # 360x640 is resized to 364x644 (multiples of 28): 13 x 23 tokens per pair
+    wide = flops_json(["--model", "qwen2.5-vl-7b", "--frames", "32", "--method", "full", "--resolution", "360x640"], capsys)
+    assert wide["visual_tokens_full"] == 16 * 13 * 23
+    for name, layers in (("qwen2.5-vl-3b", 36), ("qwen2.5-vl-72b", 80)):
+        result = flops_json(["--model", name, "--frames", "8", "--method", "fastv", "--param", "K=2", "--param", "retain=0.5"], capsys)
+        assert result["schedule"] == [{"layers": 2, "tokens": 1024}, {"layers": layers - 2, "tokens": 512}]
+    # the checkpoint folder: its own processor limits; 5 frames of 40x40 -> 3 pairs of 3x3, as the adapter feeds
+    tiny = flops_json(["--model", qwen_checkpoint, "--frames", "5", "--method", "full", "--resolution", "40x40"], capsys)
+    assert tiny["visual_tokens_full"] == 27

@@ -34,7 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.models.protocol import DecoderStack, PreparedPrompt, resolve_device, resolve_dtype
+from harness.models.protocol import (
+    DecoderStack,
+    PreparedPrompt,
+    resolve_device,
+    resolve_dtype,
+)
 from methods.seam import MethodError, ReducedTokens, VideoTokens
 
 SYSTEM_PROMPT = "You are a helpful assistant."  # lmms-eval qwen2_5_vl's default system_prompt
@@ -156,7 +161,9 @@ class Qwen2_5_VLAdapter:
 
     def _encoder_attention(self, block, captured: dict, restore: torch.Tensor, shape, pooled_grid: bool) -> torch.Tensor:
         """Mean attention each patch receives in the last full-attention block, per frame pair."""
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+            apply_rotary_pos_emb_vision,
+        )
 
         t, hm, wm = shape
         m = self.merge

@@ -125,7 +125,11 @@ def build_config(spec: TinyQwenSpec, tokenizer):
 
 
 def build_processor(spec: TinyQwenSpec, tokenizer):
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers import (
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     pixels = spec.frame_size * spec.frame_size
     common = {"patch_size": spec.patch_size, "temporal_patch_size": 2, "merge_size": 2, "min_pixels": pixels, "max_pixels": pixels}
