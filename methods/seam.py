@@ -28,7 +28,7 @@ class VideoTokens:
     """One video's projected visual features on their grid, plus extras computed on request.
 
     ``features`` is the grid the model feeds by default ([T, H, W, D]; for LLaVA-OneVision the
-    bilinearly pooled 14x14 grid). ``newline`` is the model's newline embedding, appended once
+    bilinearly pooled 14x14 grid per frame; for Qwen2.5-VL the 2x2-merged grid per frame pair). ``newline`` is the model's newline embedding, appended once
     after the video by default. The un-pooled grid and the vision encoder's attention are
     produced lazily by the adapter: asking for them costs an extra computation only for the
     methods that need them. ``checkpoint_dir`` is the model's local folder, for methods that
@@ -79,7 +79,8 @@ class VideoTokens:
         return self._cache["unpooled"]
 
     def encoder_attention(self, pooled: bool = True) -> torch.Tensor:
-        """Mean attention each patch receives in the vision encoder's last used layer.
+        """Mean attention each patch receives in the vision encoder (the layer is the adapter's:
+        LLaVA-OV's selected SigLIP layer, Qwen2.5-VL's last full-attention block).
 
         Returns [T, H, W] on the pooled grid (pooled like the features) or [T, H0, W0].
         """

@@ -6,6 +6,7 @@ lmms-eval plugin and a sweep over both families."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -224,3 +225,19 @@ def test_flops_knows_qwen_geometry(qwen_checkpoint, capsys):
     # the checkpoint folder: its own processor limits; 5 frames of 40x40 -> 3 pairs of 3x3, as the adapter feeds
     tiny = flops_json(["--model", qwen_checkpoint, "--frames", "5", "--method", "full", "--resolution", "40x40"], capsys)
     assert tiny["visual_tokens_full"] == 27
+
+
+def test_lmms_eval_plugin_picks_qwen_from_pretrained_alone(qwen_checkpoint):
+    from lmms_eval.evaluator import simple_evaluate
+
+    from harness.lmms_plugin import TokbenchLMM
+    from harness.sweep import task_manager
+
+    lm = TokbenchLMM(pretrained=qwen_checkpoint, method="holitom", max_frames_num=4, device="cpu", max_new_tokens=2, retain=0.5, K=2)
+    assert isinstance(lm.adapter, Qwen2_5_VLAdapter)
+    tasks_dir = str(Path(__file__).resolve().parents[1] / "tasks")
+    results = simple_evaluate(model=lm, tasks=["synthvqa"], limit=1, task_manager=task_manager([tasks_dir]),
+                              bootstrap_iters=0, verbosity="WARNING")
+    assert "synthvqa" in results["results"]
+    (record,) = lm.records.values()
+    assert record.error is None and record.visual_tokens < 18 and record.layer_counts[-1] < record.layer_counts[0]
