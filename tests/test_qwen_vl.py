@@ -78,7 +78,7 @@ def test_load_adapter_chooses_the_family_from_the_config(qwen, tiny_checkpoint, 
 @torch.inference_mode()
 def test_full_matches_generate_tokens_logits_and_positions(qwen, odd_frames):
     reducer, prompt, video, reduced, prep = prepared(qwen, odd_frames)
-    inputs = qwen.processor_inputs(odd_frames, prompt)
+    inputs = qwen.processor(text=[prompt], videos=[odd_frames], return_tensors="pt")
     # visual token count and prompt length equal the processor's
     assert reduced.count == video.grid_token_count == int((inputs["input_ids"] == qwen.video_token_id).sum()) == 27
     assert prep.prompt_tokens == inputs["input_ids"].shape[1]
@@ -120,7 +120,7 @@ def test_keep_all_in_llm_plan_equals_full(qwen, odd_frames):
 @torch.inference_mode()
 def test_last_query_score_is_the_eager_kernels_attention(qwen_eager, odd_frames):
     _, prompt, _, _, prep = prepared(qwen_eager, odd_frames)
-    inputs = qwen_eager.processor_inputs(odd_frames, prompt)
+    inputs = qwen_eager.processor(text=[prompt], videos=[odd_frames], return_tensors="pt")
     out = qwen_eager.model(**inputs, output_attentions=True, output_hidden_states=True)
     stack = qwen_eager.decoder()
     layer = 1

@@ -1,7 +1,7 @@
 """Model families behind one protocol (``protocol.ModelAdapter``), chosen by the checkpoint's config.
 
 ``load_adapter(pretrained)`` reads the checkpoint's ``config.json`` (local folder or hub id)
-and picks the adapter whose ``model_types`` holds its ``model_type``, so ``pretrained=``
+and picks the adapter ``ADAPTERS`` lists for its ``model_type``, so ``pretrained=``
 alone selects the family. Adding a family: one adapter file, one line in ``ADAPTERS``.
 """
 

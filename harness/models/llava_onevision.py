@@ -34,7 +34,6 @@ class LlavaOnevisionAdapter:
     """A loaded LLaVA-OneVision-family checkpoint seen through the method/model seam."""
 
     family = "llava_onevision"
-    model_types = ("llava_onevision",)
 
     def __init__(self, pretrained: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa"):
         from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration

@@ -18,7 +18,7 @@ largest prefill position in every axis (what Hugging Face's ``rope_deltas`` enco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -55,8 +55,6 @@ class PreparedPrompt:
 class ModelAdapter(Protocol):
     """A loaded checkpoint of one model family, seen through the method/model seam."""
 
-    family: ClassVar[str]
-    model_types: ClassVar[tuple[str, ...]]  # config.json ``model_type`` values this adapter serves
     pretrained: str
     device: torch.device
     dtype: torch.dtype
@@ -86,8 +84,6 @@ class ModelAdapter(Protocol):
 
     def text_dims(self) -> dict[str, int]:
         """LLM depth and widths for the paper FLOPs: ``layers``, ``hidden``, ``ffn``."""
-
-    def describe(self) -> dict[str, Any]: ...
 
 
 def resolve_device(device: str) -> torch.device:

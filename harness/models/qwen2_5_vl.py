@@ -28,6 +28,7 @@ On the merged grid it is the mean over each 2x2 merge unit.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,6 @@ VIDEO_TYPE = 2  # mm_token_type_ids value of video tokens
 
 class Qwen2_5_VLAdapter:
     """A loaded Qwen2.5-VL checkpoint seen through the method/model seam."""
-
-    family = "qwen2_5_vl"
-    model_types = ("qwen2_5_vl",)
 
     def __init__(self, pretrained: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa"):
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -93,18 +91,13 @@ class Qwen2_5_VLAdapter:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     # -- vision -------------------------------------------------------------------------
-    def processor_inputs(self, frames: np.ndarray, prompt: str | None = None) -> dict[str, torch.Tensor]:
-        """The processor's own output for these frames (and a prompt), as lmms-eval calls it."""
-        text = prompt if prompt is not None else self.processor.video_token
-        return self.processor(text=[text], videos=[frames], return_tensors="pt")
-
     def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
         """Frames [T, H, W, 3] uint8 -> patches [T', H', W', merge^2, C*2*p*p] on the model's device.
 
         The processor's flat patch order (frame pair, merged row, merged column, 2x2 unit) kept,
         with the grid in the shape so that the tensor alone describes the video.
         """
-        out = self.processor_inputs(frames)
+        out = self.processor(text=[self.processor.video_token], videos=[frames], return_tensors="pt")
         t, h, w = (int(v) for v in out["video_grid_thw"][0])
         self.second_per_grid_t = float(out["second_per_grid_ts"][0])
         m = self.merge
@@ -175,7 +168,7 @@ class Qwen2_5_VLAdapter:
         q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
         bounds = captured["kwargs"]["cu_seqlens"].tolist()
         received = []
-        for start, end in zip(bounds[:-1], bounds[1:]):
+        for start, end in pairwise(bounds):
             qs, ks = q[start:end].transpose(0, 1).float(), k[start:end].transpose(0, 1).float()
             probs = torch.softmax((qs @ ks.transpose(-1, -2)) * attn.scaling, dim=-1)
             received.append(probs.mean(dim=0).mean(dim=0))  # heads, then queries
@@ -267,6 +260,3 @@ class Qwen2_5_VLAdapter:
             count = sizes[0] * sizes[1] * sizes[2]
             out = torch.cat([compacted[:, :start], compacted[:, start + flat], compacted[:, start + count :]], dim=1)
         return out[:, None]
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.pretrained, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
