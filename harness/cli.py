@@ -47,10 +47,10 @@ def published_style(tflops: float) -> str:
 
 
 def cmd_flops(args: argparse.Namespace) -> None:
-    from harness.flops import paper_flops, resolve_dims
+    from harness.flops import paper_flops, parse_resolution, resolve_dims
     from methods.registry import build_reducer
 
-    dims = resolve_dims(args.model)
+    dims = resolve_dims(args.model, parse_resolution(args.resolution))
     result = paper_flops(build_reducer(args.method, parse_params(args.param)), dims, args.frames)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -65,14 +65,14 @@ def cmd_flops(args: argparse.Namespace) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> None:
-    from harness.models.llava_onevision import LlavaOnevisionAdapter
+    from harness.models import load_adapter
     from harness.runner import Runner, measure_prefill_flops
     from harness.video import load_frames
     from methods.registry import build_reducer
 
     reducer = build_reducer(args.method, parse_params(args.param))
     load_frames(args.video, args.frames)  # a bad video fails before the model loads
-    adapter = LlavaOnevisionAdapter(args.model, device=args.device)
+    adapter = load_adapter(args.model, device=args.device)
     runner = Runner(adapter, reducer, args.frames)
     record = runner.answer(0, args.video, args.question, args.max_new_tokens)
     if record.error:
@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(func=cmd_methods)
 
     flops = sub.add_parser("flops", help="paper-convention prefill TFLOPs of a method (no weights needed)")
-    flops.add_argument("--model", required=True, help="llava-ov-0.5b | llava-ov-7b | llava-ov-72b | llava-video-7b | config.json")
+    flops.add_argument("--model", required=True, help="llava-ov-0.5b | llava-ov-7b | llava-ov-72b | llava-video-7b | qwen2.5-vl-3b | qwen2.5-vl-7b | qwen2.5-vl-72b | config.json")
     flops.add_argument("--frames", type=int, default=32)
+    flops.add_argument("--resolution", metavar="HxW", help="frame size for Qwen2.5-VL's token geometry (default 448x448)")
     flops.add_argument("--method", required=True)
     flops.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     flops.add_argument("--json", action="store_true")

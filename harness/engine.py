@@ -9,6 +9,11 @@ flash, eager), then at the input of layer K hands the method a ``LayerView`` and
 position ids, and (if given) merged hidden states replace the kept ones. Layers < K keep
 their full KV cache, as FastV's own implementation does; decoding attends to what each
 layer cached.
+
+Position ids are the adapter's: [1, S] (1-D rotary) or [3, 1, S] (Qwen2.5-VL's M-RoPE); the
+stack's own rotary turns either into the (cos, sin) the layers and the last-query score use,
+so the score is the model's own attention (multimodal rotary included). Decoding continues
+one past the largest prefill position, as Hugging Face's ``rope_deltas`` do.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from transformers import DynamicCache
 from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
-from harness.models.llava_onevision import DecoderStack
+from harness.models.protocol import DecoderStack
 from methods.base import LayerView, MethodError, Reducer
 
 
@@ -93,6 +98,13 @@ def _causal_mask(stack: DecoderStack, length: int, dtype: torch.dtype, device: t
     return mask[None, None]
 
 
+def _layer_position_ids(positions: torch.Tensor) -> torch.Tensor | None:
+    """What a decoder layer gets as ``position_ids`` (used by flash kernels to find packed
+    sequences): 1-D positions as they are; multimodal ones none, as Hugging Face's Qwen2.5-VL
+    text model passes for an unpacked sequence (the rotary already holds them)."""
+    return positions if positions.ndim == 2 else None
+
+
 def check_plan(reducer: Reducer, num_layers: int) -> int | None:
     layer = reducer.in_llm_layer(num_layers)
     if layer is None:
@@ -128,14 +140,14 @@ def prefill(
         hidden = layer(
             hidden,
             attention_mask=_causal_mask(stack, hidden.shape[1], hidden.dtype, hidden.device),
-            position_ids=positions,
+            position_ids=_layer_position_ids(positions),
             past_key_values=cache,
             use_cache=use_cache,
             position_embeddings=(cos, sin),
         )
         counts.append(span[1] - span[0])
     logits = stack.lm_head(stack.norm(hidden[:, -1:]))[0, -1]
-    return PrefillResult(logits, cache, int(positions[0, -1]) + 1, counts, info)
+    return PrefillResult(logits, cache, int(positions[..., -1].max()) + 1, counts, info)
 
 
 def _apply_in_llm(reducer, stack, hidden, positions, span, view_attention, index):
@@ -159,7 +171,7 @@ def _apply_in_llm(reducer, stack, hidden, positions, span, view_attention, index
     length = hidden.shape[1]
     device = hidden.device
     order = torch.cat([torch.arange(start, device=device), start + keep, torch.arange(end, length, device=device)])
-    return hidden[:, order], positions[:, order], (start, start + keep.numel()), decision.info
+    return hidden[:, order], positions[..., order], (start, start + keep.numel()), decision.info
 
 
 @torch.inference_mode()

@@ -35,6 +35,7 @@ class ModelDims:
     hidden: int
     ffn: int
     tokens_per_frame: int = 196
+    frames_per_token: int = 1  # frames one temporal step of tokens covers (Qwen2.5-VL: 2)
 
 
 BUILTIN_MODELS = {
@@ -43,6 +44,53 @@ BUILTIN_MODELS = {
     "llava-ov-72b": ModelDims("llava-ov-72b", 80, 8192, 29568),
     "llava-video-7b": ModelDims("llava-video-7b", 28, 3584, 18944),
 }
+
+
+# Qwen2.5-VL Instruct text models (config.json): layers, hidden, FFN. Token geometry: 14-pixel
+# patches, 2x2 merger, temporal patch 2, so one frame pair gives (H/28) x (W/28) tokens after
+# the processor's smart resize (multiples of 28 within its min/max pixels).
+QWEN2_5_VL_TEXT = {
+    "qwen2.5-vl-3b": (36, 2048, 11008),
+    "qwen2.5-vl-7b": (28, 3584, 18944),
+    "qwen2.5-vl-72b": (80, 8192, 29568),
+}
+QWEN_DEFAULT_RESOLUTION = (448, 448)
+
+
+def qwen_vl_tokens_per_pair(height: int, width: int, patch: int = 14, merge: int = 2, size: dict | None = None) -> int:
+    """Merged tokens of one frame pair at ``height`` x ``width``, resized as the processor's own
+    video path does (``smart_resize`` within ``size``'s shortest/longest edge in pixels; by
+    default the video processor's own defaults)."""
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import (
+        Qwen2VLVideoProcessor,
+        smart_resize,
+    )
+
+    size = size or Qwen2VLVideoProcessor.size
+    factor = patch * merge
+    h, w = smart_resize(height, width, factor=factor, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+    return (h // factor) * (w // factor)
+
+
+def qwen_vl_dims(
+    name: str, layers: int, hidden: int, ffn: int, resolution: tuple[int, int] | None,
+    patch: int = 14, merge: int = 2, size: dict | None = None,
+) -> ModelDims:
+    height, width = resolution or QWEN_DEFAULT_RESOLUTION
+    return ModelDims(name, layers, hidden, ffn, qwen_vl_tokens_per_pair(height, width, patch, merge, size), frames_per_token=2)
+
+
+def parse_resolution(text: str | None) -> tuple[int, int] | None:
+    """``"HxW"`` -> (H, W); None stays None."""
+    if text is None:
+        return None
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--resolution {text!r} must be HEIGHTxWIDTH, e.g. 448x448") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"--resolution {text!r} must be positive")
+    return height, width
 
 
 def layer_flops(tokens: int, hidden: int, ffn: int) -> int:
@@ -55,7 +103,7 @@ def schedule_flops(stages: list[tuple[int, int]], dims: ModelDims) -> int:
     return sum(layers * layer_flops(tokens, dims.hidden, dims.ffn) for layers, tokens in stages)
 
 
-def dims_from_config(path: str | Path) -> ModelDims:
+def dims_from_config(path: str | Path, resolution: tuple[int, int] | None = None) -> ModelDims:
     """Read LLM dimensions and pooled tokens per frame from a LLaVA-OV config.json (or folder)."""
     path = Path(path)
     if path.is_dir():
@@ -63,6 +111,8 @@ def dims_from_config(path: str | Path) -> ModelDims:
     if not path.is_file():
         raise ValueError(f"unknown model {str(path)!r}: not one of {', '.join(BUILTIN_MODELS)} and no config.json there")
     config = json.loads(path.read_text())
+    if config.get("model_type") == "qwen2_5_vl":
+        return _qwen_dims_from_config(str(path.parent), config, resolution)
     text = config.get("text_config", config)
     vision = config.get("vision_config", {})
     side = vision.get("image_size", 384) // vision.get("patch_size", 14)
@@ -70,13 +120,36 @@ def dims_from_config(path: str | Path) -> ModelDims:
     return ModelDims(str(path.parent), text["num_hidden_layers"], text["hidden_size"], text["intermediate_size"], pooled * pooled)
 
 
-def resolve_dims(model: str) -> ModelDims:
-    return BUILTIN_MODELS[model] if model in BUILTIN_MODELS else dims_from_config(model)
+def _qwen_dims_from_config(name: str, config: dict, resolution: tuple[int, int] | None) -> ModelDims:
+    """A Qwen2.5-VL config.json: text dims (nested or flat, as hub configs are) and vision geometry."""
+    text = config.get("text_config") or config
+    vision = config.get("vision_config", {})
+    patch, merge = vision.get("patch_size", 14), vision.get("spatial_merge_size", 2)
+    dims = (text["num_hidden_layers"], text["hidden_size"], text["intermediate_size"])
+    return qwen_vl_dims(name, *dims, resolution, patch, merge, _video_size(Path(name)))
+
+
+def _video_size(folder: Path) -> dict | None:
+    """The checkpoint's own video-processor pixel limits, if its folder has them."""
+    for file, key in (("video_preprocessor_config.json", None), ("processor_config.json", "video_processor")):
+        if (folder / file).is_file():
+            config = json.loads((folder / file).read_text())
+            size = (config.get(key) or {}).get("size") if key else config.get("size")
+            if size and "shortest_edge" in size and "longest_edge" in size:
+                return size
+    return None
+
+
+def resolve_dims(model: str, resolution: tuple[int, int] | None = None) -> ModelDims:
+    """Built-in dims by name, or read from a config.json; ``resolution`` sets Qwen2.5-VL's token geometry."""
+    if model in QWEN2_5_VL_TEXT:
+        return qwen_vl_dims(model, *QWEN2_5_VL_TEXT[model], resolution)
+    return BUILTIN_MODELS[model] if model in BUILTIN_MODELS else dims_from_config(model, resolution)
 
 
 def paper_flops(reducer: Reducer, dims: ModelDims, frames: int) -> dict[str, Any]:
     """Paper-convention prefill FLOPs of the LLM for a method on a model at ``frames`` frames."""
-    visual = frames * dims.tokens_per_frame
+    visual = math.ceil(frames / dims.frames_per_token) * dims.tokens_per_frame
     stages = reducer.token_schedule(visual, dims.layers)
     flops = schedule_flops(stages, dims)
     full = schedule_flops([(dims.layers, visual)], dims)

@@ -25,7 +25,8 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
 
-from harness.models.llava_onevision import LlavaOnevisionAdapter
+from harness.models import load_adapter
+from harness.models.protocol import ModelAdapter
 from harness.runner import Runner, SampleRecord
 from methods.registry import build_reducer
 
@@ -55,14 +56,14 @@ class TokbenchLMM(lmms):
         max_new_tokens: int | None = None,
         accounting_path: str | None = None,
         batch_size: int = 1,
-        adapter: LlavaOnevisionAdapter | None = None,
+        adapter: ModelAdapter | None = None,
         **method_params: Any,
     ) -> None:
         super().__init__()
         if int(batch_size) != 1:
             raise ValueError("tokbench generates one sample at a time (batch_size=1): per-sample timing needs it")
         self.reducer = build_reducer(method, method_params)
-        self.adapter = adapter or LlavaOnevisionAdapter(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        self.adapter = adapter or load_adapter(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
         self.runner = Runner(self.adapter, self.reducer, int(max_frames_num))
         self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
         self.accounting_path = accounting_path

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from harness import engine
-from harness.models.llava_onevision import LlavaOnevisionAdapter
+from harness.models.protocol import ModelAdapter
 from harness.video import load_frames
 from methods.base import Reducer
 
@@ -52,7 +52,7 @@ def peak_memory_mb(device: torch.device) -> float:
 class Runner:
     """Runs one reducer on one loaded model, sample by sample."""
 
-    def __init__(self, adapter: LlavaOnevisionAdapter, reducer: Reducer, max_frames_num: int):
+    def __init__(self, adapter: ModelAdapter, reducer: Reducer, max_frames_num: int):
         self.adapter = adapter
         self.reducer = reducer
         self.max_frames_num = max_frames_num

@@ -17,7 +17,6 @@ so it works with any attention kernel.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,50 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from methods.base import MethodError, ReducedTokens, VideoTokens
+from harness.models.protocol import DecoderStack, PreparedPrompt, resolve_device, resolve_dtype
+from methods.seam import MethodError, ReducedTokens, VideoTokens
 
 VIDEO_TOKEN = "<video>"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return getattr(torch, dtype)
-    except AttributeError:
-        raise ValueError(f"unknown dtype {dtype!r}") from None
-
-
-@dataclass
-class DecoderStack:
-    """The pieces of the language model the engine runs layer by layer."""
-
-    embed_tokens: torch.nn.Module
-    layers: torch.nn.ModuleList
-    rotary: torch.nn.Module
-    norm: torch.nn.Module
-    lm_head: torch.nn.Module
-    attn_implementation: str
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-
-@dataclass
-class PreparedPrompt:
-    """Prompt embeddings with the video spliced in, ready for prefill (batch of one)."""
-
-    embeds: torch.Tensor  # [1, S, D]
-    position_ids: torch.Tensor  # [1, S]
-    visual_span: tuple[int, int]
-    prompt_tokens: int
 
 
 class LlavaOnevisionAdapter:
