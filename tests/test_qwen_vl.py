@@ -19,7 +19,7 @@ from harness.config import parse_config
 from harness.models import load_adapter
 from harness.models.llava_onevision import LlavaOnevisionAdapter
 from harness.models.qwen2_5_vl import Qwen2_5_VLAdapter
-from harness.models.tiny_qwen import build_tiny_qwen2_5_vl
+from embedded.tiny_qwen import build_tiny_qwen2_5_vl
 from harness.sweep import run_sweep
 from methods.base import MethodError, ReducedTokens
 from methods.registry import available, build_reducer
