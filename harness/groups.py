@@ -1,4 +1,4 @@
-"""Per-group accuracy (SynthVQA's question families) with 95% intervals, and what they separate.
+"""Per-group accuracy (task categories: SynthVQA families, MVBench subtasks, ...) with 95% intervals.
 
 ``group_table`` gives one row per cell: for each group its accuracy and Wilson score interval
 (95%), computed from the cell's per-sample log over the samples it answered without error.
@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.row import group_scores
+
 Z_95 = 1.959963984540054
 
 
@@ -28,14 +30,6 @@ def wilson_interval(correct: float, n: int, z: float = Z_95) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _group_scores(samples: dict[Any, dict]) -> dict[str, list[float]]:
-    groups: dict[str, list[float]] = {}
-    for sample in samples.values():
-        if sample.get("error") is None and sample.get("score") is not None and sample.get("group") is not None:
-            groups.setdefault(str(sample["group"]), []).append(float(sample["score"]))
-    return dict(sorted(groups.items()))
-
-
 def group_table(table: pd.DataFrame, load_samples: Callable[[str], dict[Any, dict]]) -> pd.DataFrame:
     """Accuracy and 95% Wilson interval per group, one row per cell that logged groups.
 
@@ -43,7 +37,7 @@ def group_table(table: pd.DataFrame, load_samples: Callable[[str], dict[Any, dic
     """
     records = []
     for _, row in table.iterrows():
-        groups = _group_scores(load_samples(row["cell_id"]))
+        groups = group_scores(load_samples(row["cell_id"]).values())
         if not groups:
             continue
         record: dict[str, Any] = {"model": row["model"], "method": row["method"], "budget": row["budget"], "n": row["n"]}
