@@ -6,6 +6,10 @@ atomically (temp file + rename). A rerun skips cells whose row exists, so a kill
 resumes where it stopped. A cell that fails (unknown method, impossible budget, model that
 cannot load) is written as a row with ``status=error`` and its reason; the other cells run.
 After every cell the leaderboard (CSV, Markdown) is rebuilt from all rows.
+
+A task must have a scorer in ``harness.scoring`` (else the sweep is refused before its first
+cell); a group task (mvbench) is one cell over all its subtasks; a judged task (activitynetqa)
+checks its judge before any sample runs. The row's columns are computed by ``harness.row``.
 """
 
 from __future__ import annotations
