@@ -7,6 +7,7 @@ video per task, a frame-folder video, a group task, a judged task, and refused t
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -157,6 +158,7 @@ def test_task_categories_fill_accuracy_by_group_and_groups_md(sweep):
             assert any(name.startswith(expected[row["task"]]) for name in groups), (row["task"], groups)
     text = (config.results_dir / "groups.md").read_text()
     assert "duration:short" in text and "task_type:plotQA" in text and "episodic_reasoning" in text
+    assert re.match(r"\| model +\| task +\| method", text)  # several tasks: each groups row names its task
 
 
 def test_judged_task_scores_the_judges_yes_share(sweep):
