@@ -97,7 +97,8 @@ def plot(table: pd.DataFrame, x: str, path: Path, xlabel: str) -> None:
     axis.set_xlabel(xlabel)
     axis.set_ylabel("accuracy")
     axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    if not ok.empty:  # an all-error table has no line to label
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

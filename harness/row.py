@@ -3,16 +3,19 @@
 A cell's per-sample records (``runs/<cell_id>/samples.jsonl``: ``doc_id``, ``answer``, ``error``,
 ``score`` (0..1 or None), ``group`` (category labels), and the plugin's accounting) become:
 
-- ``measured_columns``: ``n``, ``accuracy``, ``accuracy_by_group``, visual tokens, FLOPs (fvcore
-  and paper convention), timings (median after the first sample), peak memory, ``errors``,
-  ``first_error``, ``method_info``. Errored samples are excluded from every mean and counted in
-  ``errors``; samples the task's metric leaves out (score None) are excluded from accuracy.
+- ``measured_columns``: ``metric``, ``n``, ``accuracy``, ``accuracy_lmms_eval`` (the task's own
+  aggregation on the kept samples' logged values, 0..1), ``accuracy_by_group``, visual tokens,
+  FLOPs (fvcore and paper convention), timings (median after the first sample), peak memory,
+  ``errors``, ``first_error``, ``method_info``. Errored samples are excluded from every mean and
+  counted in ``errors``; samples the task's metric leaves out (score None) are excluded from
+  accuracy.
 - ``compare``: paired statistics against the ``full`` baseline of the same model and task
   (``delta_vs_full``, ``agreement_with_full``, ``p_value_vs_full``);
 - ``reduce_share``: ``reduce_share_of_saved_prefill``; ``tokdense``: accuracy points per token.
 
 ``group_scores`` is the one place per-group accuracy is computed (the row's ``accuracy_by_group``
-and ``groups.md`` both use it).
+and ``groups.md`` both use it). The identity columns (model, task, method, params, budget,
+frames, seed, versions, cell_id, positions, prompt_key) come from the cell (``harness.sweep``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 from scipy.stats import binomtest
 
 from harness.flops import layer_flops
+from harness.scoring import lmms_aggregate, scoring_for
 
 
 def group_labels(sample: dict[str, Any]) -> list[str]:
@@ -78,14 +82,18 @@ def _mean(values) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def measured_columns(samples: list[dict[str, Any]], flops: list[int], flops_error: str | None, dims: dict[str, int]) -> dict[str, Any]:
+def measured_columns(
+    task: str, samples: list[dict[str, Any]], flops: list[int], flops_error: str | None, dims: dict[str, int]
+) -> dict[str, Any]:
     """The row's measured columns from its per-sample records and its fvcore FLOPs measurements."""
     ok = [s for s in samples if s["error"] is None]
     scored = [s for s in ok if s["score"] is not None]
     layer_counts = mean_layer_counts(ok)
     return {
+        "metric": scoring_for(task).metric,
         "n": len(scored),
         "accuracy": statistics.fmean(s["score"] for s in scored) if scored else None,
+        "accuracy_lmms_eval": lmms_aggregate(task, [s["metric_value"] for s in ok]),
         "accuracy_by_group": accuracy_by_group(scored),
         "visual_tokens": _mean(s.get("visual_tokens") for s in ok),
         "visual_tokens_layer_avg": _mean(s.get("visual_tokens_layer_avg") for s in ok),

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from harness.config import Cell, SweepConfig, check_tasks
 from harness.judge import check_judge
 from harness.row import measured_columns
-from harness.scoring import GROUP_TASKS, JUDGED_TASKS, lmms_aggregate, sample_groups, sample_score, scoring_for
+from harness.scoring import GROUP_TASKS, JUDGED_TASKS, sample_groups, sample_score, scoring_for
 from harness.versions import versions
 
 _TASK_MANAGERS: dict[tuple[str, ...], Any] = {}
@@ -78,7 +78,6 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
     from harness.lmms_plugin import TokbenchLMM
     from harness.runner import measure_prefill_flops
 
-    scoring = scoring_for(cell.task)
     if cell.task in JUDGED_TASKS:  # before any compute: an unreachable judge fails the cell in seconds
         check_judge(cell.task, config.judge_url)
     torch.manual_seed(config.seed)
@@ -104,7 +103,7 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
         bootstrap_iters=0,
         verbosity="WARNING",
     )
-    samples, kept_values = cell_samples(cell.task, results, lm.records)
+    samples = cell_samples(cell.task, results, lm.records)
     atomic_write(samples_path(config, cell), "".join(json.dumps(s, default=str) + "\n" for s in samples))
     ok = [s for s in samples if s["error"] is None]
     flops, flops_error = [], None
@@ -113,14 +112,12 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
     except Exception as exc:  # a method fvcore cannot trace loses that column, not the cell
         flops_error = f"{exc.__class__.__name__}: {exc}"
     row = base_row(config, cell)
-    measured = measured_columns(samples, flops, flops_error, adapter.text_dims())
+    measured = measured_columns(cell.task, samples, flops, flops_error, adapter.text_dims())
     row.update(
         {
             "status": "ok",
             "params": ",".join(f"{k}={v}" for k, v in lm.reducer.describe_params().items() if k not in ("retain", "tokens")),
-            "metric": scoring.metric,
             **measured,
-            "accuracy_lmms_eval": lmms_aggregate(cell.task, kept_values),
             "accuracy_by_group": json.dumps(measured["accuracy_by_group"]),
             "method_info": json.dumps(measured["method_info"]),
             "positions": lm.reducer.position_policy_used,
@@ -130,17 +127,16 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
     return row
 
 
-def cell_samples(task: str, results: dict, records: dict) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Per-sample records of a cell (a group task's cover its subtasks, each its own group) and the
-    logged metric values of the samples answered without error (for ``accuracy_lmms_eval``).
-
-    A sample's ``doc_id`` is lmms-eval's, or ``<subtask>/<doc_id>`` in a group task.
+def cell_samples(task: str, results: dict, records: dict) -> list[dict[str, Any]]:
+    """Per-sample records of a cell: lmms-eval's logged sample (its metric value, 0..1 score and
+    categories) joined with the plugin's record (answer, error, accounting). A group task's cover
+    all its subtasks, each subtask one of its groups, ``doc_id`` then ``<subtask>/<doc_id>``.
     """
     subtasks = GROUP_TASKS.get(task, (task,))
     missing = [name for name in subtasks if name not in results["samples"]]
     if missing:
         raise ValueError(f"task {task!r}: lmms-eval logged no samples for {', '.join(missing)}")
-    samples, kept_values = [], []
+    samples = []
     for subtask in subtasks:
         for logged in results["samples"][subtask]:
             record = records.get((subtask, logged["doc_id"]))
@@ -160,9 +156,7 @@ def cell_samples(task: str, results: dict, records: dict) -> tuple[list[dict[str
                     **({} if record is None else {k: v for k, v in record.to_json().items() if k not in ("doc_id", "answer", "error")}),
                 }
             )
-            if error is None:
-                kept_values.append(value)
-    return samples, kept_values
+    return samples
 
 
 def error_row(config: SweepConfig, cell: Cell, exc: BaseException) -> dict[str, Any]:

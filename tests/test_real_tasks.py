@@ -28,11 +28,15 @@ def home(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf_home")
     tasks = {**standins(rows=3), **mvbench_standins(MVBENCH_SUBTASKS)}
     build_home(path, tasks)
+    from lmms_eval.api.task import _resolve_hf_datasets_cache_dir  # lru_cached: resolved once per process
+
     with pytest.MonkeyPatch.context() as patch, StubJudge() as judge_url:
         patch.setenv("HF_HOME", str(path))
         patch.setenv("LMMS_EVAL_DATASETS_CACHE", str(path / "datasets"))
         patch.setenv("OPENAI_API_URL", judge_url)
+        _resolve_hf_datasets_cache_dir.cache_clear()
         yield path, tasks, judge_url
+    _resolve_hf_datasets_cache_dir.cache_clear()
 
 
 def _task_object(name: str):
@@ -169,8 +173,10 @@ def test_judged_task_scores_the_judges_yes_share(sweep):
     assert row["accuracy"] == pytest.approx(sum(yes) / len(yes))
 
 
-def test_an_unreachable_judge_fails_the_cell_fast_in_one_line(home, tiny_checkpoint, tmp_path):
+def test_an_unreachable_judge_fails_the_cell_fast_in_one_line(home, tiny_checkpoint, tmp_path, monkeypatch):
     from harness.sweep import run_sweep
+
+    monkeypatch.setenv("OPENAI_API_URL", home[2])  # restored after: the probe points the task at the refused URL
 
     raw = {
         "name": "nojudge", "output_dir": str(tmp_path), "models": [{"name": "tiny", "pretrained": tiny_checkpoint}],
@@ -195,3 +201,23 @@ def test_unscorable_tasks_are_refused_before_any_compute(tmp_path, task, reason)
     with pytest.raises(ConfigError, match=reason):
         run_sweep(config, progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_lmms_eval_cli_runs_every_task_through_the_plugin(home, tiny_checkpoint, tmp_path):
+    """``lmms-eval eval --model tokbench`` on all seven tasks: exits 0, each missing video one
+    sample answered ``[tokbench-error]`` (none ends the run)."""
+    import os
+    import subprocess
+    import sys
+
+    from harness.lmms_plugin import ERROR_ANSWER
+
+    args = f"pretrained={tiny_checkpoint},method=uniform_pool,retain=0.5,max_frames_num=4,device=cpu,max_new_tokens=3"
+    command = [sys.executable, "-m", "lmms_eval", "eval", "--model", "tokbench", "--model_args", args, "--tasks", ",".join(TASKS),
+               "--limit", "3", "--log_samples", "--output_path", str(tmp_path)]
+    done = subprocess.run(command, env={**os.environ, "OPENAI_API_URL": home[2]}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for task in SINGLE_TASKS:
+        (path,) = tmp_path.glob(f"*/*_samples_{task}.jsonl")
+        answers = [json.loads(line)["filtered_resps"] for line in path.read_text().splitlines()]
+        assert sum(ERROR_ANSWER in str(a) for a in answers) == 1, (task, answers)
