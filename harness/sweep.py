@@ -26,7 +26,13 @@ from tqdm import tqdm
 from harness.config import Cell, SweepConfig, check_tasks
 from harness.judge import check_judge
 from harness.row import measured_columns
-from harness.scoring import GROUP_TASKS, JUDGED_TASKS, sample_groups, sample_score, scoring_for
+from harness.scoring import (
+    GROUP_TASKS,
+    JUDGED_TASKS,
+    sample_groups,
+    sample_score,
+    scoring_for,
+)
 from harness.versions import versions
 
 _TASK_MANAGERS: dict[tuple[str, ...], Any] = {}

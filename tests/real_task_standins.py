@@ -161,7 +161,7 @@ class _JudgeHandler(BaseHTTPRequestHandler):
     """An OpenAI-compatible chat endpoint that judges "yes" (score 5) when the predicted answer
     equals the correct one (case-insensitive), else "no" (score 1)."""
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = body["messages"][-1]["content"]
         fields = dict(line.split(": ", 1) for line in text.splitlines() if line.startswith(("Correct Answer: ", "Predicted Answer: ")))
