@@ -1,8 +1,9 @@
 """Sweep configuration: a YAML file -> validated ``SweepConfig`` -> the list of ``Cell``s to run.
 
-A typo'd key is an error naming the key and the keys allowed there. Cells are expanded as
-models x tasks x (methods x budgets), with the ``full`` baseline first for every model and
-task (it is added if the config omits it: every delta is against it). A method entry with
+A typo'd key is an error naming the key and the keys allowed there; so is a task the harness
+cannot score (``check_tasks``, run by ``load_config`` and before a sweep's first cell). Cells
+are expanded as models x tasks x (methods x budgets), with the ``full`` baseline first for
+every model and task (it is added if the config omits it: every delta is against it). A method entry with
 ``models: [name, ...]`` runs on those models only (e.g. a method that needs its own fine-tuned
 checkpoint).
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from harness.scoring import unsupported_reason
 
 
 class ConfigError(ValueError):
@@ -36,6 +39,7 @@ TOP_KEYS = {
     "max_new_tokens": "cap on generated tokens per answer",
     "flops_samples": "samples per cell whose prefill fvcore measures (0 = none)",
     "methods": "list of {method, params, budgets, models}",
+    "judge_url": "OpenAI-compatible chat endpoint for judged tasks (activitynetqa); default $OPENAI_API_URL",
 }
 MODEL_KEYS = {"name", "pretrained"}
 METHOD_KEYS = {"method", "params", "budgets", "models"}
@@ -92,6 +96,7 @@ class SweepConfig:
     dtype: str = "auto"
     max_new_tokens: int | None = None
     flops_samples: int = 1
+    judge_url: str | None = None
 
     @property
     def results_dir(self) -> Path:
@@ -159,7 +164,16 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> SweepConfig:
         dtype=str(raw.get("dtype", "auto")),
         max_new_tokens=raw.get("max_new_tokens"),
         flops_samples=int(raw.get("flops_samples", 1)),
+        judge_url=raw.get("judge_url"),
     )
+
+
+def check_tasks(config: SweepConfig) -> None:
+    """Refuse, before any compute, a task the harness cannot score (naming it and why)."""
+    for task in config.tasks:
+        reason = unsupported_reason(task)
+        if reason:
+            raise ConfigError(reason)
 
 
 def load_config(path: str | Path) -> SweepConfig:
@@ -167,4 +181,6 @@ def load_config(path: str | Path) -> SweepConfig:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
-    return parse_config(raw, path.resolve().parent)
+    config = parse_config(raw, path.resolve().parent)
+    check_tasks(config)
+    return config

@@ -1,4 +1,4 @@
-"""Per-group accuracy (SynthVQA's question families) with 95% intervals, and what they separate.
+"""Per-group accuracy (task categories: SynthVQA families, MVBench subtasks, ...) with 95% intervals.
 
 ``group_table`` gives one row per cell: for each group its accuracy and Wilson score interval
 (95%), computed from the cell's per-sample log over the samples it answered without error.
@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.row import group_scores
+
 Z_95 = 1.959963984540054
 
 
@@ -28,14 +30,6 @@ def wilson_interval(correct: float, n: int, z: float = Z_95) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _group_scores(samples: dict[Any, dict]) -> dict[str, list[float]]:
-    groups: dict[str, list[float]] = {}
-    for sample in samples.values():
-        if sample.get("error") is None and sample.get("score") is not None and sample.get("group") is not None:
-            groups.setdefault(str(sample["group"]), []).append(float(sample["score"]))
-    return dict(sorted(groups.items()))
-
-
 def group_table(table: pd.DataFrame, load_samples: Callable[[str], dict[Any, dict]]) -> pd.DataFrame:
     """Accuracy and 95% Wilson interval per group, one row per cell that logged groups.
 
@@ -43,10 +37,10 @@ def group_table(table: pd.DataFrame, load_samples: Callable[[str], dict[Any, dic
     """
     records = []
     for _, row in table.iterrows():
-        groups = _group_scores(load_samples(row["cell_id"]))
+        groups = group_scores(load_samples(row["cell_id"]).values())
         if not groups:
             continue
-        record: dict[str, Any] = {"model": row["model"], "method": row["method"], "budget": row["budget"], "n": row["n"]}
+        record: dict[str, Any] = {"model": row["model"], **_task(row), "method": row["method"], "budget": row["budget"], "n": row["n"]}
         for name, scores in groups.items():
             low, high = wilson_interval(sum(scores), len(scores))
             record[name] = sum(scores) / len(scores)
@@ -55,15 +49,21 @@ def group_table(table: pd.DataFrame, load_samples: Callable[[str], dict[Any, dic
     return pd.DataFrame(records)
 
 
+def _task(row) -> dict[str, Any]:
+    """The row's task, when the table has one (a sweep may hold several; groups are per task)."""
+    return {"task": row["task"]} if "task" in row else {}
+
+
 def separations(groups: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per (model, budget, group): the best and worst reducer when their 95% intervals do not overlap
+    """Per (model, task, budget, group): the best and worst reducer when their 95% intervals do not overlap
     (the ``full`` baseline is not a reducer and is left out)."""
     found = []
     if groups.empty:
         return found
     names = [c[: -len("_ci95")] for c in groups.columns if c.endswith("_ci95")]
     reducers = groups[groups["method"] != "full"]
-    for (model, budget), rows in reducers.groupby(["model", "budget"], sort=False):
+    keys = ["model", "task", "budget"] if "task" in groups else ["model", "budget"]
+    for key, rows in reducers.groupby(keys, sort=False):
         for name in names:
             scored = rows[rows[name].notna()]
             if len(scored) < 2:
@@ -74,7 +74,7 @@ def separations(groups: pd.DataFrame) -> list[dict[str, Any]]:
             if worst_high < best_low:
                 found.append(
                     {
-                        "model": model, "budget": budget, "group": name,
+                        **dict(zip(keys, key)), "group": name,
                         "best": best["method"], "best_accuracy": best[name], "best_ci95": best[f"{name}_ci95"],
                         "worst": worst["method"], "worst_accuracy": worst[name], "worst_ci95": worst[f"{name}_ci95"],
                     }
@@ -86,7 +86,8 @@ def groups_markdown(groups: pd.DataFrame) -> str:
     """The per-group table ("accuracy (95% interval)" per group), then the separations it shows."""
     from tabulate import tabulate
 
-    shown = groups[[c for c in groups.columns if not c.endswith("_ci95")]].copy()
+    single_task = "task" in groups and groups["task"].nunique() <= 1  # then the column says nothing
+    shown = groups[[c for c in groups.columns if not c.endswith("_ci95") and not (c == "task" and single_task)]].copy()
     for name in [c[: -len("_ci95")] for c in groups.columns if c.endswith("_ci95")]:
         shown[name] = [
             "—" if pd.isna(acc) else f"{acc:.2f} ({ci})" for acc, ci in zip(groups[name], groups[f"{name}_ci95"])
@@ -96,4 +97,5 @@ def groups_markdown(groups: pd.DataFrame) -> str:
     text += "\nGroups on which two methods' 95% intervals do not overlap (best vs worst at a budget):\n\n"
     if not found:
         return text + "none\n"
-    return text + tabulate(pd.DataFrame(found), headers="keys", tablefmt="github", showindex=False, floatfmt=".3f") + "\n"
+    found = pd.DataFrame(found).drop(columns=["task"] if single_task else [])
+    return text + tabulate(found, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f") + "\n"

@@ -12,7 +12,8 @@ Model args: ``pretrained``, ``method``, ``max_frames_num``, ``device``, ``dtype`
 accounting as JSONL); every other key is a parameter of the method (validated by it).
 Per-sample accounting is kept in ``self.records`` for the sweep. A sample that fails is
 recorded with its reason and answered with ``ERROR_ANSWER`` (the sweep excludes it from
-accuracy and counts it in ``errors``); it is never silently answered with "".
+accuracy and counts it in ``errors``); it is never silently answered with "". A missing video
+is such a sample, whether the task's ``doc_to_visual`` raises or calls ``sys.exit``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ class TokbenchLMM(lmms):
         return answers
 
     def _answer_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
-        visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+        try:
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+        except (Exception, SystemExit) as exc:  # tasks sys.exit() or raise on a missing video: one errored sample
+            return SampleRecord(doc_id=doc_id, answer=None, error=f"video unavailable ({exc.__class__.__name__}): {exc}")
         videos = [v for v in visuals if isinstance(v, str)]
         if len(videos) != 1 or len(visuals) != 1:
             return SampleRecord(doc_id=doc_id, answer=None, error=f"ValueError: expected one video path, got {len(visuals)} visual(s)")

@@ -1,7 +1,7 @@
 """Leaderboard: cell rows + sample logs -> CSV, Markdown table, per-group table and plots.
 
-Comparisons against the ``full`` baseline of the same model and task are computed here from
-the per-sample logs, on the samples both runs answered without error:
+Comparisons against the ``full`` baseline of the same model and task are computed (by
+``harness.row``) from the per-sample logs, on the samples both runs answered without error:
 ``delta_vs_full`` (accuracy difference), ``agreement_with_full`` (share of identical
 answers) and ``p_value_vs_full`` (exact McNemar test on paired correctness).
 ``tokdense`` = accuracy in percentage points / visual tokens entering the LLM (VQToken).
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy.stats import binomtest
 
 from harness.config import SweepConfig
 from harness.groups import group_table, groups_markdown
+from harness.row import compare, reduce_share, tokdense
 
 COLUMNS = [
     "model", "task", "method", "params", "budget", "n", "accuracy", "delta_vs_full",
@@ -47,35 +47,6 @@ def load_samples(results_dir: Path, cell_id: str) -> dict[Any, dict]:
     return {s["doc_id"]: s for s in map(json.loads, path.read_text().splitlines())}
 
 
-def compare(method: dict[Any, dict], full: dict[Any, dict]) -> dict[str, float | None]:
-    """Paired comparison on samples both runs answered and scored."""
-    common = [d for d in method if d in full and method[d]["error"] is None and full[d]["error"] is None]
-    scored = [d for d in common if method[d]["score"] is not None and full[d]["score"] is not None]
-    if not common:
-        return {"delta_vs_full": None, "agreement_with_full": None, "p_value_vs_full": None}
-    agree = sum(_norm(method[d]["answer"]) == _norm(full[d]["answer"]) for d in common) / len(common)
-    if not scored:
-        return {"delta_vs_full": None, "agreement_with_full": agree, "p_value_vs_full": None}
-    delta = sum(method[d]["score"] - full[d]["score"] for d in scored) / len(scored)
-    only_full = sum(full[d]["score"] >= 0.5 > method[d]["score"] for d in scored)
-    only_method = sum(method[d]["score"] >= 0.5 > full[d]["score"] for d in scored)
-    discordant = only_full + only_method
-    p_value = binomtest(only_method, discordant, 0.5).pvalue if discordant else 1.0
-    return {"delta_vs_full": delta, "agreement_with_full": agree, "p_value_vs_full": p_value}
-
-
-def reduce_share(row: dict[str, Any], full: dict[str, Any]) -> float | None:
-    """Reduction time / prefill time saved against ``full``; None when nothing is saved."""
-    reduce_ms, prefill_ms, full_ms = row.get("reduce_ms"), row.get("prefill_ms"), full.get("prefill_ms")
-    if None in (reduce_ms, prefill_ms, full_ms) or full_ms <= prefill_ms:
-        return None
-    return reduce_ms / (full_ms - prefill_ms)
-
-
-def _norm(answer: str | None) -> str:
-    return (answer or "").strip().lower()
-
-
 def build_table(config: SweepConfig) -> pd.DataFrame:
     results_dir = config.results_dir
     rows = [json.loads(p.read_text()) for p in sorted((results_dir / "cells").glob("*.json"))]
@@ -89,8 +60,7 @@ def build_table(config: SweepConfig) -> pd.DataFrame:
         if row.get("status") == "ok" and baseline:
             row.update(compare(load_samples(results_dir, row["cell_id"]), load_samples(results_dir, baseline["cell_id"])))
             row["reduce_share_of_saved_prefill"] = reduce_share(row, baseline)
-        accuracy, tokens = row.get("accuracy"), row.get("visual_tokens")
-        row["tokdense"] = 100.0 * accuracy / tokens if accuracy is not None and tokens else None
+        row["tokdense"] = tokdense(row)
     table = pd.DataFrame(rows)
     for column in COLUMNS + EXTRA_COLUMNS:
         if column not in table:
@@ -127,7 +97,8 @@ def plot(table: pd.DataFrame, x: str, path: Path, xlabel: str) -> None:
     axis.set_xlabel(xlabel)
     axis.set_ylabel("accuracy")
     axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    if not ok.empty:  # an all-error table has no line to label
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

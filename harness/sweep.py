@@ -6,13 +6,16 @@ atomically (temp file + rename). A rerun skips cells whose row exists, so a kill
 resumes where it stopped. A cell that fails (unknown method, impossible budget, model that
 cannot load) is written as a row with ``status=error`` and its reason; the other cells run.
 After every cell the leaderboard (CSV, Markdown) is rebuilt from all rows.
+
+A task must have a scorer in ``harness.scoring`` (else the sweep is refused before its first
+cell); a group task (mvbench) is one cell over all its subtasks; a judged task (activitynetqa)
+checks its judge before any sample runs. The row's columns are computed by ``harness.row``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness.config import Cell, SweepConfig
-from harness.flops import layer_flops
-from harness.scoring import accuracy_by_group, sample_score, task_metric
+from harness.config import Cell, SweepConfig, check_tasks
+from harness.judge import check_judge
+from harness.row import measured_columns
+from harness.scoring import (
+    GROUP_TASKS,
+    JUDGED_TASKS,
+    sample_groups,
+    sample_score,
+    scoring_for,
+)
 from harness.versions import versions
 
 _TASK_MANAGERS: dict[tuple[str, ...], Any] = {}
@@ -67,18 +77,6 @@ def base_row(config: SweepConfig, cell: Cell) -> dict[str, Any]:
     }
 
 
-def median_after_warmup(values: list[float]) -> float | None:
-    """Median over samples, skipping the first (warm-up) when there are several."""
-    values = [v for v in values if v is not None]
-    if len(values) > 1:
-        values = values[1:]
-    return statistics.median(values) if values else None
-
-
-def paper_tflops(layer_counts_mean: list[float], hidden: int, ffn: int) -> float:
-    return sum(layer_flops(n, hidden, ffn) for n in layer_counts_mean) / 1e12
-
-
 def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
     """Evaluate one cell through lmms-eval; return its row (samples are written beside it)."""
     from lmms_eval.evaluator import simple_evaluate
@@ -86,6 +84,8 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
     from harness.lmms_plugin import TokbenchLMM
     from harness.runner import measure_prefill_flops
 
+    if cell.task in JUDGED_TASKS:  # before any compute: an unreachable judge fails the cell in seconds
+        check_judge(cell.task, config.judge_url)
     torch.manual_seed(config.seed)
     lm = TokbenchLMM(
         pretrained=cell.model.pretrained,
@@ -109,82 +109,60 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
         bootstrap_iters=0,
         verbosity="WARNING",
     )
-    metric = task_metric(cell.task, results)
-    samples = []
-    for logged in results["samples"][cell.task]:
-        record = lm.records.get((cell.task, logged["doc_id"]))
-        value = logged.get(metric)
-        samples.append(
-            {
-                "doc_id": logged["doc_id"],
-                "answer": None if record is None else record.answer,
-                "error": "no answer recorded" if record is None else record.error,
-                "score": sample_score(value),
-                "group": value.get("family") if isinstance(value, dict) else None,
-                **({} if record is None else {k: v for k, v in record.to_json().items() if k not in ("doc_id", "answer", "error")}),
-            }
-        )
+    samples = cell_samples(cell.task, results, lm.records)
     atomic_write(samples_path(config, cell), "".join(json.dumps(s, default=str) + "\n" for s in samples))
     ok = [s for s in samples if s["error"] is None]
-    scored = [s for s in ok if s["score"] is not None]
-    row = base_row(config, cell)
-    dims = adapter.text_dims()
-    layer_counts = _mean_layer_counts(ok)
     flops, flops_error = [], None
     try:
-        flops = [measure_prefill_flops(lm.runner, *lm.videos[(cell.task, s["doc_id"])]) for s in ok[: config.flops_samples]]
+        flops = [measure_prefill_flops(lm.runner, *lm.videos[(s["task"], s["lmms_doc_id"])]) for s in ok[: config.flops_samples]]
     except Exception as exc:  # a method fvcore cannot trace loses that column, not the cell
         flops_error = f"{exc.__class__.__name__}: {exc}"
+    row = base_row(config, cell)
+    measured = measured_columns(cell.task, samples, flops, flops_error, adapter.text_dims())
     row.update(
         {
             "status": "ok",
             "params": ",".join(f"{k}={v}" for k, v in lm.reducer.describe_params().items() if k not in ("retain", "tokens")),
-            "metric": metric,
-            "n": len(scored),
-            "accuracy": statistics.fmean(s["score"] for s in scored) if scored else None,
-            "accuracy_lmms_eval": _lmms_metric(results, cell.task, metric),
-            "accuracy_by_group": json.dumps(accuracy_by_group(scored)),
-            "visual_tokens": _mean(s["visual_tokens"] for s in ok),
-            "visual_tokens_layer_avg": _mean(s["visual_tokens_layer_avg"] for s in ok),
-            "tflops_measured": statistics.fmean(flops) / 1e12 if flops else None,
-            "tflops_paper": paper_tflops(layer_counts, dims["hidden"], dims["ffn"]) if layer_counts else None,
-            "vision_ms": median_after_warmup([s["vision_ms"] for s in ok]),
-            "reduce_ms": median_after_warmup([s["reduce_ms"] for s in ok]),
-            "prefill_ms": median_after_warmup([s["prefill_ms"] for s in ok]),
-            "decode_tok_s": median_after_warmup([s["decode_tok_s"] for s in ok]),
-            "peak_mem_mb": max((s["peak_mem_mb"] for s in ok), default=None),
-            "errors": len(samples) - len(ok),
-            "first_error": next((s["error"] for s in samples if s["error"]), flops_error),
+            **measured,
+            "accuracy_by_group": json.dumps(measured["accuracy_by_group"]),
+            "method_info": json.dumps(measured["method_info"]),
             "positions": lm.reducer.position_policy_used,
             "prompt_key": "tokbench (lmms_eval_specific_kwargs: default)",
-            "method_info": json.dumps(_summarise_info([s.get("method_info") or {} for s in ok])),
         }
     )
     return row
 
 
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
-
-
-def _mean_layer_counts(ok: list[dict]) -> list[float]:
-    """Per-layer visual-token counts averaged over samples, for the paper FLOPs of the run."""
-    counts = [s["layer_counts"] for s in ok if s.get("layer_counts")]
-    if not counts:
-        return []
-    return [statistics.fmean(layer) for layer in zip(*counts)]
-
-
-def _lmms_metric(results: dict, task: str, metric: str) -> float | None:
-    value = results["results"].get(task, {}).get(f"{metric},none")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _summarise_info(infos: list[dict]) -> dict[str, Any]:
-    """Numeric method metadata averaged over samples (e.g. the mean K an adaptive method chose)."""
-    keys = {k for info in infos for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {k: statistics.fmean(info[k] for info in infos if k in info) for k in sorted(keys)}
+def cell_samples(task: str, results: dict, records: dict) -> list[dict[str, Any]]:
+    """Per-sample records of a cell: lmms-eval's logged sample (its metric value, 0..1 score and
+    categories) joined with the plugin's record (answer, error, accounting). A group task's cover
+    all its subtasks, each subtask one of its groups, ``doc_id`` then ``<subtask>/<doc_id>``.
+    """
+    subtasks = GROUP_TASKS.get(task, (task,))
+    missing = [name for name in subtasks if name not in results["samples"]]
+    if missing:
+        raise ValueError(f"task {task!r}: lmms-eval logged no samples for {', '.join(missing)}")
+    samples = []
+    for subtask in subtasks:
+        for logged in results["samples"][subtask]:
+            record = records.get((subtask, logged["doc_id"]))
+            error = "no answer recorded" if record is None else record.error
+            labels = ([subtask.removeprefix(f"{task}_")] if subtask != task else []) + sample_groups(subtask, logged)
+            value = logged.get(scoring_for(subtask).metric)
+            samples.append(
+                {
+                    "doc_id": logged["doc_id"] if subtask == task else f"{subtask}/{logged['doc_id']}",
+                    "task": subtask,
+                    "lmms_doc_id": logged["doc_id"],
+                    "answer": None if record is None else record.answer,
+                    "error": error,
+                    "score": None if error else sample_score(subtask, logged),
+                    "group": labels,
+                    "metric_value": value,
+                    **({} if record is None else {k: v for k, v in record.to_json().items() if k not in ("doc_id", "answer", "error")}),
+                }
+            )
+    return samples
 
 
 def error_row(config: SweepConfig, cell: Cell, exc: BaseException) -> dict[str, Any]:
@@ -198,6 +176,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict[str, Any]
     from harness.models import load_adapter
     from harness.report import write_reports
 
+    check_tasks(config)
     cells = config.cells()
     adapters: dict[str, Any] = {}
     bar = tqdm(cells, desc="cells", disable=not progress)

@@ -59,6 +59,13 @@ def _decode_frames(container) -> list[np.ndarray]:
 
 
 def load_frames(path: str | Path, num_frames: int) -> np.ndarray:
-    """``num_frames`` uniformly sampled frames of a video, uint8 RGB [T, H, W, 3]."""
+    """``num_frames`` uniformly sampled frames of a video (a file or a folder of frames), uint8 RGB [T, H, W, 3]."""
+    if Path(path).is_dir():
+        from harness.frame_folder import load_frame_folder
+
+        try:
+            return load_frame_folder(path, lambda total: uniform_indices(total, num_frames))
+        except (OSError, ValueError) as exc:
+            raise VideoError(f"cannot read frame folder {path}: {exc}") from None
     frames = decode_all(path)
     return frames[uniform_indices(len(frames), num_frames)]
