@@ -67,14 +67,14 @@ def cmd_flops(args: argparse.Namespace) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> None:
-    from harness.models.llava_onevision import LlavaOnevisionAdapter
+    from harness.models.llava_onevision import open_llava_adapter
     from harness.runner import Runner, measure_prefill_flops
     from harness.video import load_frames
     from methods.registry import build_reducer
 
     reducer = build_reducer(args.method, parse_params(args.param))
     load_frames(args.video, args.frames)  # a bad video fails before the model loads
-    adapter = LlavaOnevisionAdapter(args.model, device=args.device)
+    adapter = open_llava_adapter(args.model, device=args.device)
     runner = Runner(adapter, reducer, args.frames)
     record = runner.answer(0, args.video, args.question, args.max_new_tokens)
     if record.error:

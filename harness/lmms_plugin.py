@@ -25,7 +25,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
 
-from harness.models.llava_onevision import LlavaOnevisionAdapter
+from harness.models.llava_onevision import LlavaOnevisionAdapter, open_llava_adapter
 from harness.runner import Runner, SampleRecord
 from methods.registry import build_reducer
 
@@ -62,7 +62,7 @@ class TokbenchLMM(lmms):
         if int(batch_size) != 1:
             raise ValueError("tokbench generates one sample at a time (batch_size=1): per-sample timing needs it")
         self.reducer = build_reducer(method, method_params)
-        self.adapter = adapter or LlavaOnevisionAdapter(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        self.adapter = adapter or open_llava_adapter(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
         self.runner = Runner(self.adapter, self.reducer, int(max_frames_num))
         self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
         self.accounting_path = accounting_path

@@ -138,6 +138,7 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
     row.update(
         {
             "status": "ok",
+            "geometry": adapter.geometry.name,
             "params": ",".join(f"{k}={v}" for k, v in lm.reducer.describe_params().items() if k not in ("retain", "tokens")),
             "metric": metric,
             "n": len(scored),
@@ -195,7 +196,7 @@ def error_row(config: SweepConfig, cell: Cell, exc: BaseException) -> dict[str, 
 
 def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Run every unfinished cell; return all rows (finished earlier or now)."""
-    from harness.models.llava_onevision import LlavaOnevisionAdapter
+    from harness.models.llava_onevision import open_llava_adapter
     from harness.report import write_reports
 
     cells = config.cells()
@@ -208,7 +209,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict[str, Any]
         bar.set_postfix_str(f"{cell.method} {cell.budget_label}")
         try:
             if cell.model.name not in adapters:
-                adapters[cell.model.name] = LlavaOnevisionAdapter(cell.model.pretrained, device=config.device, dtype=config.dtype)
+                adapters[cell.model.name] = open_llava_adapter(cell.model.pretrained, device=config.device, dtype=config.dtype)
             row = run_cell(config, cell, adapters[cell.model.name])
         except Exception as exc:  # the failure becomes this cell's row; other cells still run
             row = error_row(config, cell, exc)
