@@ -283,3 +283,17 @@ def test_resaved_folder_keeps_video_and_question_in_the_prompt(tiny_checkpoint, 
     original = open_llava_adapter(str(hub), device="cpu").build_prompt(QUESTION)
     prompt = open_llava_adapter(str(resaved), device="cpu").build_prompt(QUESTION)
     assert prompt == original and prompt.count("<video>") == 1 and QUESTION in prompt
+
+
+def test_llava_vid_sample_runs_end_to_end_with_its_frame_plan_and_time_instruction(tiny_checkpoint, tmp_path):
+    from harness.runner import Runner
+
+    adapter = open_llava_adapter(tiny_checkpoint, geometry="llava_vid", add_time_instruction=True, device="cpu")
+    path = write_video(tmp_path / "clip.mp4", _frames(24, size=40), fps=8)  # 3 s at 8 fps: llava_vid takes 1 frame per second
+    frames, plan = adapter.read_video(path, 16)
+    assert plan.indices == [0, 8, 16] and len(frames) == 3
+    prompt = adapter.build_prompt(QUESTION, plan)
+    assert time_instruction(plan) in prompt and prompt.count("<video>") == 1
+    record = Runner(adapter, build_reducer("full"), 16).answer(0, path, QUESTION, 2)
+    assert record.error is None and record.visual_tokens == 3 * 2 * (2 + 1)
+    assert adapter.describe()["add_time_instruction"] is True

@@ -108,9 +108,16 @@ class LlavaOnevisionAdapter:
         self.video_token_id = self.tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
         self.checkpoint_dir = self.pretrained if _is_local_dir(self.pretrained) else _snapshot_dir(self.model)
 
-    # -- prompt -------------------------------------------------------------------------
-    def build_prompt(self, context: str) -> str:
-        """The chat prompt lmms-eval's llava_hf builds for a video question."""
+    # -- frames and prompt ----------------------------------------------------------------
+    def read_video(self, path: str, max_frames_num: int) -> tuple[np.ndarray, FramePlan | None]:
+        """Frames as lmms-eval's llava_hf samples them (uniform over the video); no timing plan."""
+        from harness.video import load_frames
+
+        return load_frames(path, max_frames_num), None
+
+    def build_prompt(self, context: str, plan: FramePlan | None = None) -> str:
+        """The chat prompt lmms-eval's llava_hf builds for a video question (``plan`` is not used:
+        llava_hf's prompt carries no timing)."""
         if VIDEO_TOKEN not in context:
             context = f"{VIDEO_TOKEN}\n{context}"
         messages = [{"role": "user", "content": context}]
@@ -286,6 +293,21 @@ class LlavaVideoAdapter(LlavaOnevisionAdapter):
     def frame_plan(self, total_frames: int, avg_fps: float, max_frames_num: int) -> FramePlan:
         """The frames llava_vid decodes for a video of ``total_frames`` frames at ``avg_fps``."""
         return llava_vid_frame_plan(total_frames, avg_fps, max_frames_num, self.video_fps, self.force_sample)
+
+    def read_video(self, path: str, max_frames_num: int) -> tuple[np.ndarray, FramePlan]:
+        """llava_vid's reader (decord, its default ``video_decode_backend``) with its frame plan."""
+        from decord import VideoReader, cpu
+
+        from harness.video import VideoError
+
+        if not Path(path).is_file():
+            raise VideoError(f"video file not found: {path}")
+        try:
+            reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
+            plan = self.frame_plan(len(reader), reader.get_avg_fps(), max_frames_num)
+            return reader.get_batch(plan.indices).asnumpy(), plan
+        except Exception as exc:  # decord raises its own error types for corrupt containers
+            raise VideoError(f"cannot decode video {path}: {exc.__class__.__name__}: {exc}") from None
 
     def build_prompt(self, context: str, plan: FramePlan | None = None) -> str:
         """llava_vid's prompt: the time instruction (if enabled) before the question, ``<video>`` first."""
