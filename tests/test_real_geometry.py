@@ -297,3 +297,22 @@ def test_llava_vid_sample_runs_end_to_end_with_its_frame_plan_and_time_instructi
     record = Runner(adapter, build_reducer("full"), 16).answer(0, path, QUESTION, 2)
     assert record.error is None and record.visual_tokens == 3 * 2 * (2 + 1)
     assert adapter.describe()["add_time_instruction"] is True
+
+
+@torch.inference_mode()
+def test_original_positions_follow_the_grid_layout(tiny_video_adapter):
+    """Kept tokens and their row newlines keep the positions they have in the full grid layout."""
+    video = tiny_video_adapter.encode_video(tiny_video_adapter.pixel_values(_frames(6, size=40)))
+    reducer = build_reducer("divprune", {"tokens": "3", "positions": "original"})
+    reduced = reducer.reduce_visual(video)
+    prompt = tiny_video_adapter.build_prompt(QUESTION)
+    prepared = tiny_video_adapter.prepare_prompt(prompt, reduced, video, "original")
+    full = tiny_video_adapter.prepare_prompt(prompt, keep_all(video), video, "compact")
+    start, end = prepared.visual_span
+    full_start = full.visual_span[0]
+    fed = {}  # source index -> position in the full layout
+    for offset, source in enumerate(keep_all(video).source_positions.tolist()):
+        fed[source] = int(full.position_ids[0, full_start + offset])
+    expected = [fed[s] for s in reduced.source_positions.tolist()]
+    assert prepared.position_ids[0, start:end].tolist() == expected
+    assert int(prepared.position_ids[0, end]) == int(full.position_ids[0, full.visual_span[1]])
