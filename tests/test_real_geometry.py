@@ -4,12 +4,12 @@ against code we did not write: Hugging Face ``generate`` and processor, a transc
 LLaVA-NeXT's ``get_2dPool`` / ``add_token_per_grid`` for llava_vid, and lmms-eval's own
 ``llava_vid.load_video``.
 
-Cost on two CPU cores: each model is built once per module. The 0.5B model runs 8 frames (the
-issue's 1569 tokens); the 7B-width models 2 frames with the vocabulary cut to 512 rows (the
-only value changed besides depth; 152128 x 3584 rows would be 2 x 2.2 GB in fp32). Every method
-runs on the 0.5B geometry at 4 frames and on the llava_vid grid layout (tiny model); the
-32-frame run of every method at real widths is ``scripts/gpu_check.sh`` (70 s per method on two
-contended CPU cores, measured).
+Cost on two CPU cores: each model is built once per module (LLaVA-OV-7B reuses LLaVA-Video-7B's
+random weights through hard links). The 0.5B model runs 8 frames (the issue's 1569 tokens); the
+7B-width models 1-2 frames with the vocabulary cut to 512 rows (the only value changed besides
+depth; 152128 x 3584 rows would be 2 x 2.2 GB in fp32). Every method runs on the 0.5B geometry
+at 3 frames and on the llava_vid grid layout (tiny model); every method at 32 frames and real
+widths is ``scripts/gpu_check.sh`` (about 70 s per method on this session's shared CPU).
 """
 
 from __future__ import annotations
