@@ -268,7 +268,7 @@ class LlavaVideoAdapter(LlavaOnevisionAdapter):
     checkpoint with ``mm_spatial_pool_mode=average``, ``mm_spatial_pool_stride=2`` and
     ``mm_newline_position=grid``: LLaVA-NeXT ``llava_arch.py`` then pools the projected 27x27
     grid with ``avg_pool2d`` to 13x13 (``get_2dPool``) and appends the newline embedding after
-    every row of every frame (``add_token_per_grid``). The prompt is ``<image>\n`` + question in
+    every row of every frame (``add_token_per_grid``). The prompt is ``<image>\\n`` + question in
     the ``qwen_1_5`` conversation, which is Qwen2's ChatML with the default system prompt, i.e.
     the tokenizer's text template with the ``<video>`` placeholder of the HF weights; with
     ``add_time_instruction`` the question is preceded by llava_vid's time sentence. Frames are
