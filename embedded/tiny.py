@@ -20,16 +20,7 @@ from pathlib import Path
 
 import torch
 
-from harness.models.llava_onevision import VIDEO_TOKEN
-
-QWEN2_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+from harness.models.llava_onevision import QWEN2_CHAT_TEMPLATE, VIDEO_TOKEN
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", VIDEO_TOKEN)
 
@@ -52,11 +43,13 @@ class TinySpec:
     seed: int = 0
 
 
-def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512):
+def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512, first_special_id: int | None = None):
     """A byte-level BPE tokenizer with Qwen2's special tokens and chat template.
 
     With no ``corpus`` it has no merges; with one, merges are learned from it (up to
-    ``vocab_size`` entries, the 256 byte symbols included).
+    ``vocab_size`` entries, the 256 byte symbols included). ``first_special_id`` (no corpus
+    only) pads the vocabulary with unreachable filler entries so that the special tokens get the
+    real checkpoints' ids (151643 for Qwen2: ``<|endoftext|>`` .. ``<video>`` = 151647).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -64,8 +57,12 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512):
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if corpus is None:
         vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+        for index in range(len(vocab), first_special_id or 0):
+            vocab[f"<|filler_{index}|>"] = index
         core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
         core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        if first_special_id is not None:  # the real order: <|endoftext|>, <|im_start|>, <|im_end|>, <image>, <video>
+            core.add_special_tokens(list(SPECIAL_TOKENS))
     else:
         core = Tokenizer(models.BPE())
         core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -80,6 +77,8 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512):
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
     tokenizer.chat_template = QWEN2_CHAT_TEMPLATE
+    if first_special_id is not None and tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[0]) != first_special_id:
+        raise ValueError(f"special tokens did not land at id {first_special_id}")
     return tokenizer
 
 

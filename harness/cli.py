@@ -58,7 +58,9 @@ def cmd_flops(args: argparse.Namespace) -> None:
     stages = " + ".join(f"{s['layers']}x{s['tokens']}" for s in result["schedule"])
     print(published_style(result["paper_tflops"]))
     print(
-        f"# {args.method} on {dims.name}, {args.frames} frames: {result['visual_tokens_full']} visual tokens; "
+        f"# {args.method} on {dims.name} ({result['geometry']} geometry), {args.frames} frames: {result['visual_tokens_full']} grid tokens "
+        f"+ {result['newline_tokens']} newlines ({result['visual_tokens_fed']} fed; full over all fed: "
+        f"{published_style(result['paper_tflops_full_fed'])} TFLOPs); "
         f"schedule (layers x tokens) {stages}; {result['percent_of_full']:.1f}% of full (paper convention)",
         file=sys.stderr,
     )

@@ -4,7 +4,11 @@
   n = visual tokens (grid tokens, newline and text excluded, as HoliTom counts), d = hidden
   size, m = FFN size, summed over a method's token schedule (stages of layers with their
   token counts). ``paper_flops`` needs no weights: model dimensions are built in or read
-  from a config.json.
+  from a config.json. Tokens per frame come from the model's video geometry
+  (``harness/models/geometry.py``): LLaVA-OV 196 (14x14 bilinear) plus one newline per video;
+  LLaVA-Video as lmms-eval's ``llava_vid`` runs it 169 (13x13 average) plus 13 row newlines per
+  frame. The newlines are reported (``newline_tokens``, ``visual_tokens_fed``,
+  ``paper_tflops_full_fed``) but, as in the papers, not counted in ``n``.
 * Measured: fvcore's ``FlopCountAnalysis`` traced over the actual prefill of one sample
   (vision tower, projector, reducer, LLM), with an op handle so that
   ``aten::scaled_dot_product_attention`` is counted (fvcore skips it by default). fvcore
@@ -23,12 +27,20 @@ from typing import Any
 
 import torch
 
+from harness.models.geometry import GEOMETRIES, LLAVA_ONEVISION, LLAVA_VID, VideoGeometry, detect_geometry
 from methods.base import Reducer
+
+SIGLIP_SIDE = 27
+"""Patches per side of the SigLIP-so400m 384/14 tower every LLaVA-OV / LLaVA-Video uses."""
 
 
 @dataclass(frozen=True)
 class ModelDims:
-    """What the paper formula needs: LLM depth and widths, and visual tokens per frame."""
+    """What the paper formula needs: LLM depth and widths, and visual tokens per frame.
+
+    ``newlines_per_frame`` / ``newlines_per_video``: the newline tokens the geometry feeds
+    besides the grid tokens (reported, not counted in the formula's n).
+    """
 
     name: str
     layers: int
@@ -36,13 +48,29 @@ class ModelDims:
     ffn: int
     tokens_per_frame: int = 196
     frames_per_token: int = 1  # frames one temporal step of tokens covers (Qwen2.5-VL: 2)
+    newlines_per_frame: int = 0
+    newlines_per_video: int = 1
+    geometry: str = LLAVA_ONEVISION
+
+    def newline_tokens(self, frames: int) -> int:
+        return frames * self.newlines_per_frame + self.newlines_per_video
+
+
+def dims_for(name: str, layers: int, hidden: int, ffn: int, geometry: VideoGeometry, side: int = SIGLIP_SIDE) -> ModelDims:
+    """ModelDims with tokens and newlines per frame from a video geometry on a ``side``-patch grid."""
+    grid = geometry.newline_layout == "grid"
+    per_frame = geometry.newlines(side, 1) if grid else 0
+    return ModelDims(
+        name, layers, hidden, ffn, geometry.tokens_per_frame(side),
+        newlines_per_frame=per_frame, newlines_per_video=0 if grid else 1, geometry=geometry.name,
+    )
 
 
 BUILTIN_MODELS = {
-    "llava-ov-0.5b": ModelDims("llava-ov-0.5b", 24, 896, 4864),
-    "llava-ov-7b": ModelDims("llava-ov-7b", 28, 3584, 18944),
-    "llava-ov-72b": ModelDims("llava-ov-72b", 80, 8192, 29568),
-    "llava-video-7b": ModelDims("llava-video-7b", 28, 3584, 18944),
+    "llava-ov-0.5b": dims_for("llava-ov-0.5b", 24, 896, 4864, GEOMETRIES[LLAVA_ONEVISION]),
+    "llava-ov-7b": dims_for("llava-ov-7b", 28, 3584, 18944, GEOMETRIES[LLAVA_ONEVISION]),
+    "llava-ov-72b": dims_for("llava-ov-72b", 80, 8192, 29568, GEOMETRIES[LLAVA_ONEVISION]),
+    "llava-video-7b": dims_for("llava-video-7b", 28, 3584, 18944, GEOMETRIES[LLAVA_VID]),
 }
 
 
@@ -77,7 +105,8 @@ def qwen_vl_dims(
     patch: int = 14, merge: int = 2, size: dict | None = None,
 ) -> ModelDims:
     height, width = resolution or QWEN_DEFAULT_RESOLUTION
-    return ModelDims(name, layers, hidden, ffn, qwen_vl_tokens_per_pair(height, width, patch, merge, size), frames_per_token=2)
+    tokens = qwen_vl_tokens_per_pair(height, width, patch, merge, size)
+    return ModelDims(name, layers, hidden, ffn, tokens, frames_per_token=2, newlines_per_video=0, geometry="qwen2_5_vl")
 
 
 def parse_resolution(text: str | None) -> tuple[int, int] | None:
@@ -104,7 +133,7 @@ def schedule_flops(stages: list[tuple[int, int]], dims: ModelDims) -> int:
 
 
 def dims_from_config(path: str | Path, resolution: tuple[int, int] | None = None) -> ModelDims:
-    """Read LLM dimensions and pooled tokens per frame from a LLaVA-OV config.json (or folder)."""
+    """Read LLM dimensions and the video geometry's tokens per frame from a LLaVA or Qwen2.5-VL config.json (or folder)."""
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
@@ -116,8 +145,8 @@ def dims_from_config(path: str | Path, resolution: tuple[int, int] | None = None
     text = config.get("text_config", config)
     vision = config.get("vision_config", {})
     side = vision.get("image_size", 384) // vision.get("patch_size", 14)
-    pooled = math.ceil(side / 2)
-    return ModelDims(str(path.parent), text["num_hidden_layers"], text["hidden_size"], text["intermediate_size"], pooled * pooled)
+    geometry = detect_geometry(config, str(path.parent))
+    return dims_for(str(path.parent), text["num_hidden_layers"], text["hidden_size"], text["intermediate_size"], geometry, side)
 
 
 def _qwen_dims_from_config(name: str, config: dict, resolution: tuple[int, int] | None) -> ModelDims:
@@ -153,13 +182,18 @@ def paper_flops(reducer: Reducer, dims: ModelDims, frames: int) -> dict[str, Any
     stages = reducer.token_schedule(visual, dims.layers)
     flops = schedule_flops(stages, dims)
     full = schedule_flops([(dims.layers, visual)], dims)
+    newlines = dims.newline_tokens(frames)
     layer_avg = sum(layers * tokens for layers, tokens in stages) / dims.layers
     return {
         "model": dims.name,
+        "geometry": dims.geometry,
         "frames": frames,
         "method": reducer.name,
         "params": reducer.describe_params(),
         "visual_tokens_full": visual,
+        "newline_tokens": newlines,
+        "visual_tokens_fed": visual + newlines,
+        "paper_tflops_full_fed": schedule_flops([(dims.layers, visual + newlines)], dims) / 1e12,
         "visual_tokens": stages[0][1],
         "visual_tokens_layer_avg": layer_avg,
         "schedule": [{"layers": layers, "tokens": tokens} for layers, tokens in stages],

@@ -17,7 +17,6 @@ import torch
 
 from harness import engine
 from harness.models.protocol import ModelAdapter
-from harness.video import load_frames
 from methods.base import Reducer
 
 
@@ -82,8 +81,8 @@ class Runner:
         adapter = self.adapter
         if adapter.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(adapter.device)
-        frames = load_frames(video_path, self.max_frames_num)
-        prompt = adapter.build_prompt(context)
+        frames, plan = adapter.read_video(video_path, self.max_frames_num)
+        prompt = adapter.build_prompt(context, plan)
         pixels = adapter.pixel_values(frames)
         video, vision_ms = self._timed(lambda: adapter.encode_video(pixels))
         reduced, reduce_ms = self._timed(lambda: self.reducer.reduce_visual(video))
@@ -151,7 +150,7 @@ def measure_prefill_flops(runner: Runner, video_path: str, context: str) -> int:
     """fvcore-measured FLOPs of one sample's prefill (vision tower, reducer, LLM)."""
     from harness.flops import count_flops
 
-    frames = load_frames(video_path, runner.max_frames_num)
+    frames, plan = runner.adapter.read_video(video_path, runner.max_frames_num)
     pixels = runner.adapter.pixel_values(frames)
     with torch.no_grad():
-        return count_flops(_TracedPrefill(runner, runner.adapter.build_prompt(context)), (pixels,))
+        return count_flops(_TracedPrefill(runner, runner.adapter.build_prompt(context, plan)), (pixels,))

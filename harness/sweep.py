@@ -122,6 +122,7 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
     row.update(
         {
             "status": "ok",
+            "geometry": adapter.geometry_name,
             "params": ",".join(f"{k}={v}" for k, v in lm.reducer.describe_params().items() if k not in ("retain", "tokens")),
             **measured,
             "accuracy_by_group": json.dumps(measured["accuracy_by_group"]),

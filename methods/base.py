@@ -205,22 +205,45 @@ class Reducer:
 
 
 def keep_all(video: VideoTokens) -> ReducedTokens:
-    """The model's default token sequence: grid tokens frame-major, then the newline."""
+    """The model's default token sequence: grid tokens frame-major with the newline(s) laid out."""
     flat = video.flat()
     positions = torch.arange(flat.shape[0], dtype=torch.long, device=flat.device)
-    if video.newline is not None:
-        flat = torch.cat([flat, video.newline.to(flat.dtype)[None]], dim=0)
-        positions = torch.cat([positions, positions.new_tensor([video.grid_token_count])])
-    return ReducedTokens(flat, positions)
+    return ReducedTokens(*append_newline(video, flat, positions))
 
 
 def append_newline(video: VideoTokens, embeddings: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Append the model's newline token after a reduced video, as LLaVA-OV does for video."""
+    """Lay the model's newline out over a (reduced) video, as the model does for video.
+
+    ``one_token``: one newline after the video (LLaVA-OV). ``grid``: a newline after the last
+    token of every run of tokens from the same grid row, so rows without a kept token get none
+    (LLaVA-NeXT ``add_token_per_grid`` on the full grid; HoliTom's ``add_newline_token`` on a
+    reduced one). Tokens without a grid origin (source -1) have no row: when any is present the
+    ``grid`` layout falls back to one newline after the video.
+    """
     if video.newline is None:
         return embeddings, positions
-    embeddings = torch.cat([embeddings, video.newline.to(embeddings.dtype)[None]], dim=0)
+    newline = video.newline.to(embeddings.dtype)
+    if video.newline_layout == "grid" and positions.numel() and bool((positions >= 0).all()):
+        return _insert_row_newlines(video, embeddings, positions, newline)
+    embeddings = torch.cat([embeddings, newline[None]], dim=0)
     positions = torch.cat([positions, positions.new_tensor([video.grid_token_count])])
     return embeddings, positions
+
+
+def _insert_row_newlines(video: VideoTokens, embeddings: torch.Tensor, positions: torch.Tensor, newline: torch.Tensor):
+    rows = positions // video.grid[1]
+    ends = torch.ones_like(rows, dtype=torch.bool)
+    ends[:-1] = rows[1:] != rows[:-1]
+    slots = torch.arange(rows.numel(), device=rows.device) + torch.cumsum(ends.long(), 0) - ends.long()
+    count = rows.numel() + int(ends.sum())
+    out = embeddings.new_empty(count, embeddings.shape[1])
+    sources = positions.new_empty(count)
+    out[slots] = embeddings
+    sources[slots] = positions
+    newline_slots = slots[ends] + 1
+    out[newline_slots] = newline
+    sources[newline_slots] = video.grid_token_count + rows[ends]
+    return out, sources
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:

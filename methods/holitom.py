@@ -61,6 +61,8 @@ Deliberately different:
   the RoPE ``seq_len`` hack; the cosine similarity does not divide by a zero norm (no NaN);
   a span so short that round(L * (1 - r)) is 0 raises ``BudgetError``. As in the official
   code the span includes OV's video newline token, which can be dropped or merged.
+* Models with the ``grid`` newline layout (LLaVA-Video as ``llava_vid`` runs it) get the
+  official ``grid`` output of the outer stage (newline after each non-empty row).
 """
 
 from __future__ import annotations
@@ -746,6 +748,7 @@ class HoliTom(Reducer):
         tau = self.tau(retain)
         features = video.features.reshape(frames, height * width, dim).float()
         noise = torch.Generator().manual_seed(self.values["seed"]) if self.values["noise"] else None
+        grid_newlines = video.newline_layout == "grid" and video.newline is not None
         result = outer_stage(
             features,
             attention.reshape(frames, height * width).float().to(features.device),
@@ -755,11 +758,15 @@ class HoliTom(Reducer):
             beta=self.values["beta"],
             knn=self.values["knn"],
             noise=noise,
+            newline=video.newline.float() if grid_newlines else None,
             grid_width=width,
         )
         if result.tokens.shape[0] == 0:
             raise BudgetError(f"holitom: retain={retain:g} left no visual token")
-        embeddings, positions = append_newline(video, result.tokens.to(video.features.dtype), result.sources)
+        if grid_newlines:  # the official grid layout: newlines placed by the outer stage itself
+            embeddings, positions = result.tokens.to(video.features.dtype), result.sources
+        else:
+            embeddings, positions = append_newline(video, result.tokens.to(video.features.dtype), result.sources)
         return ReducedTokens(embeddings, positions, info=self.outer_info(result, retain, tau))
 
     @staticmethod

@@ -16,6 +16,12 @@ from typing import Any
 import torch
 
 
+NEWLINE_LAYOUTS = ("one_token", "grid")
+"""Where a model puts its newline embedding in the default video layout: ``one_token`` once after
+the whole video (LLaVA-OV in Hugging Face), ``grid`` after every row of every frame (LLaVA-Video
+as trained and evaluated by lmms-eval's ``llava_vid``; LLaVA-NeXT ``add_token_per_grid``)."""
+
+
 class MethodError(ValueError):
     """A method was asked for something it cannot do (bad parameter, unservable model)."""
 
@@ -29,9 +35,12 @@ class VideoTokens:
     """One video's projected visual features on their grid, plus extras computed on request.
 
     ``features`` is the grid the model feeds by default ([T, H, W, D]; for LLaVA-OneVision the
-    bilinearly pooled 14x14 grid per frame; for Qwen2.5-VL the 2x2-merged grid per frame pair). ``newline`` is the model's newline embedding, appended once
-    after the video by default. The un-pooled grid and the vision encoder's attention are
-    produced lazily by the adapter: asking for them costs an extra computation only for the
+    bilinearly pooled 14x14 grid per frame; for Qwen2.5-VL the 2x2-merged grid per frame
+    pair). ``newline`` is the model's newline embedding (None: the model has none), placed as
+    ``newline_layout`` says: once after the video (``one_token``) or after every grid row
+    (``grid``). Newlines are layout, not visual tokens: methods reduce ``features`` and call
+    ``append_newline``, which lays the newlines out again for what they kept. The un-pooled
+    grid and the vision encoder's attention are produced lazily by the adapter: asking for them costs an extra computation only for the
     methods that need them. ``checkpoint_dir`` is the model's local folder, for methods that
     load learned weights of their own from it (VQToken's attention module).
     """
@@ -42,6 +51,7 @@ class VideoTokens:
     attention_fn: Callable[[bool], torch.Tensor] | None = None
     pool_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     checkpoint_dir: str | None = None
+    newline_layout: str = "one_token"
     _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -56,11 +66,35 @@ class VideoTokens:
     def dim(self) -> int:
         return int(self.features.shape[-1])
 
+    def __post_init__(self) -> None:
+        if self.newline_layout not in NEWLINE_LAYOUTS:
+            raise MethodError(f"newline layout {self.newline_layout!r} must be one of {list(NEWLINE_LAYOUTS)}")
+
     @property
     def default_token_count(self) -> int:
-        """Visual tokens the model feeds without reduction (grid tokens plus the newline)."""
-        t, (h, w) = self.num_frames, self.grid
-        return t * h * w + (1 if self.newline is not None else 0)
+        """Visual tokens the model feeds without reduction (grid tokens plus the newlines)."""
+        return self.grid_token_count + self.newline_count
+
+    @property
+    def newline_count(self) -> int:
+        """Newlines in the default layout: 0 without a newline, 1 (one_token) or T*H (grid)."""
+        if self.newline is None:
+            return 0
+        return self.num_frames * self.grid[0] if self.newline_layout == "grid" else 1
+
+    def layout_offsets(self, sources: torch.Tensor) -> torch.Tensor:
+        """Offsets in the default fed layout of source indices (see ``ReducedTokens``).
+
+        ``one_token``: the identity. ``grid``: grid token s sits at row(s) * (W + 1) + s % W and
+        the newline of row k (source T*H*W + k) at k * (W + 1) + W.
+        """
+        if self.newline_layout != "grid" or self.newline is None:
+            return sources
+        width, grid_tokens = self.grid[1], self.grid_token_count
+        is_newline = sources >= grid_tokens
+        rows = torch.where(is_newline, sources - grid_tokens, sources // width)
+        cols = torch.where(is_newline, torch.full_like(sources, width), sources % width)
+        return rows * (width + 1) + cols
 
     @property
     def grid_token_count(self) -> int:
@@ -110,7 +144,8 @@ class ReducedTokens:
     one). ``source_positions`` [M] gives, per token, the index in the default token layout
     (frame-major grid tokens 0..T*H*W-1, then the newline at T*H*W) of the token it stands
     for; merged tokens name their representative; tokens with no grid origin (codebook
-    entries) use -1. ``info`` carries method metadata for the row (e.g. the chosen K).
+    entries) use -1. In the ``grid`` newline layout the newline after row k (k = t * H + r)
+    is T*H*W + k. ``info`` carries method metadata for the row (e.g. the chosen K).
     """
 
     embeddings: torch.Tensor

@@ -9,6 +9,17 @@ What it does, and nothing else (no method logic lives here):
   * splice a method's ``ReducedTokens`` into the prompt embeddings with explicit position ids;
   * expose the decoder stack (embeddings, layers, rotary, norm, head) to the engine.
 
+``LlavaVideoAdapter`` is the same model with LLaVA-Video's trained video geometry (lmms-eval
+``llava_vid``: 2x2 average pooling to 13x13, a newline after every grid row, its frame sampling
+and optional time instruction); ``open_llava_adapter`` picks the adapter from the checkpoint
+(``harness/models/geometry.py`` says how).
+
+The chat template is the tokenizer's text template (Qwen2's ChatML for every checkpoint here),
+as lmms-eval's ``llava_hf`` applies it. A folder re-saved by transformers 5 stores the
+processor's multimodal template in ``chat_template.jinja``, which the tokenizer then loads;
+rendering a plain-text message with it drops the ``<video>`` and the question, so such a
+template is replaced by the text template (``text_chat_template``).
+
 The vision-encoder attention is computed from the q/k projections of the encoder layer that
 produced the selected features (HoliTom's SigLIP score: mean over heads, then over queries),
 so it works with any attention kernel.
@@ -16,6 +27,7 @@ so it works with any attention kernel.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,16 +36,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.models.geometry import GEOMETRIES, LLAVA_ONEVISION, LLAVA_VID, FramePlan, detect_geometry, llava_vid_frame_plan, time_instruction
 from harness.models.protocol import DecoderStack, PreparedPrompt, resolve_device, resolve_dtype
 from methods.seam import MethodError, ReducedTokens, VideoTokens
 
 VIDEO_TOKEN = "<video>"
+
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""Qwen2's ChatML text template: the chat template of every LLaVA-OV / LLaVA-Video tokenizer."""
 
 
 class LlavaOnevisionAdapter:
     """A loaded LLaVA-OneVision-family checkpoint seen through the method/model seam."""
 
     family = "llava_onevision"
+    geometry = GEOMETRIES[LLAVA_ONEVISION]
 
     def __init__(self, pretrained: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa"):
         from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
@@ -53,15 +77,27 @@ class LlavaOnevisionAdapter:
         self.video_token_id = self.tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
         self.checkpoint_dir = self.pretrained if _is_local_dir(self.pretrained) else _snapshot_dir(self.model)
 
-    # -- prompt -------------------------------------------------------------------------
-    def build_prompt(self, context: str) -> str:
-        """The chat prompt lmms-eval's llava_hf builds for a video question."""
+    # -- frames and prompt ----------------------------------------------------------------
+    @property
+    def geometry_name(self) -> str:
+        return self.geometry.name
+
+    def read_video(self, path: str, max_frames_num: int) -> tuple[np.ndarray, FramePlan | None]:
+        """Frames as lmms-eval's llava_hf samples them (uniform over the video); no timing plan."""
+        from harness.video import load_frames
+
+        return load_frames(path, max_frames_num), None
+
+    def build_prompt(self, context: str, plan: FramePlan | None = None) -> str:
+        """The chat prompt lmms-eval's llava_hf builds for a video question (``plan`` is not used:
+        llava_hf's prompt carries no timing)."""
         if VIDEO_TOKEN not in context:
             context = f"{VIDEO_TOKEN}\n{context}"
         messages = [{"role": "user", "content": context}]
-        if self.tokenizer.chat_template is None:
+        template = text_chat_template(self.tokenizer, self.checkpoint_dir)
+        if template is None:
             raise MethodError(f"the tokenizer of {self.pretrained} has no chat template")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
     def stop_token_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -109,6 +145,7 @@ class LlavaOnevisionAdapter:
             attention_fn=(lambda pooled_grid: self._encoder_attention(layer_input, pooled_grid)) if layer_input is not None else None,
             pool_fn=self.pool,
             checkpoint_dir=self.checkpoint_dir,
+            newline_layout=self.geometry.newline_layout,
         )
 
     def pool(self, grid: torch.Tensor) -> torch.Tensor:
@@ -186,14 +223,137 @@ class LlavaOnevisionAdapter:
         if bool((sources < 0).any()):
             raise MethodError("position policy 'original' needs a grid position for every token; this method's tokens have none")
         after = start + video.default_token_count
-        return torch.cat([torch.arange(start), start + sources, after + torch.arange(suffix_len)])
+        return torch.cat([torch.arange(start), start + video.layout_offsets(sources), after + torch.arange(suffix_len)])
 
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.pretrained,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            **self.geometry.describe(),
         }
+
+
+class LlavaVideoAdapter(LlavaOnevisionAdapter):
+    """LLaVA-Video on the HF-format weights with the geometry it was trained and is evaluated with.
+
+    lmms-eval ``llava_vid`` (``lmms_eval/models/simple/llava_vid.py``) loads the original
+    checkpoint with ``mm_spatial_pool_mode=average``, ``mm_spatial_pool_stride=2`` and
+    ``mm_newline_position=grid``: LLaVA-NeXT ``llava_arch.py`` then pools the projected 27x27
+    grid with ``avg_pool2d`` to 13x13 (``get_2dPool``) and appends the newline embedding after
+    every row of every frame (``add_token_per_grid``). The prompt is ``<image>\\n`` + question in
+    the ``qwen_1_5`` conversation, which is Qwen2's ChatML with the default system prompt, i.e.
+    the tokenizer's text template with the ``<video>`` placeholder of the HF weights; with
+    ``add_time_instruction`` the question is preceded by llava_vid's time sentence. Frames are
+    sampled by ``frame_plan`` (llava_vid's ``load_video``).
+    """
+
+    family = "llava_video"
+    geometry = GEOMETRIES[LLAVA_VID]
+
+    def __init__(self, pretrained: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa",
+                 add_time_instruction: bool = False, video_fps: int = 1, force_sample: bool = False):
+        super().__init__(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        self.add_time_instruction = bool(add_time_instruction)
+        self.video_fps = int(video_fps)
+        self.force_sample = bool(force_sample)
+
+    def pool(self, grid: torch.Tensor) -> torch.Tensor:
+        """llava_vid's 2x2 average pooling (``avg_pool2d``, floor): [T, H0, W0, C] -> [T, H0 // 2, W0 // 2, C]."""
+        x = F.avg_pool2d(grid.permute(0, 3, 1, 2), self.geometry.stride)
+        return x.permute(0, 2, 3, 1).contiguous()
+
+    def frame_plan(self, total_frames: int, avg_fps: float, max_frames_num: int) -> FramePlan:
+        """The frames llava_vid decodes for a video of ``total_frames`` frames at ``avg_fps``."""
+        return llava_vid_frame_plan(total_frames, avg_fps, max_frames_num, self.video_fps, self.force_sample)
+
+    @property
+    def geometry_name(self) -> str:
+        return self.geometry.name
+
+    def read_video(self, path: str, max_frames_num: int) -> tuple[np.ndarray, FramePlan]:
+        """llava_vid's reader (decord, its default ``video_decode_backend``) with its frame plan."""
+        from decord import VideoReader, cpu
+
+        from harness.video import VideoError
+
+        if not Path(path).is_file():
+            raise VideoError(f"video file not found: {path}")
+        try:
+            reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
+            plan = self.frame_plan(len(reader), reader.get_avg_fps(), max_frames_num)
+            return reader.get_batch(plan.indices).asnumpy(), plan
+        except Exception as exc:  # decord raises its own error types for corrupt containers
+            raise VideoError(f"cannot decode video {path}: {exc.__class__.__name__}: {exc}") from None
+
+    def build_prompt(self, context: str, plan: FramePlan | None = None) -> str:
+        """llava_vid's prompt: the time instruction (if enabled) before the question, ``<video>`` first."""
+        if self.add_time_instruction:
+            if plan is None:
+                raise MethodError("add_time_instruction needs the frame plan (video length and frame times)")
+            context = f"{time_instruction(plan)}\n{context}"
+        return super().build_prompt(context)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "add_time_instruction": self.add_time_instruction, "video_fps": self.video_fps, "force_sample": self.force_sample}
+
+
+def open_llava_adapter(pretrained: str, geometry: str | None = None, **kwargs: Any) -> LlavaOnevisionAdapter:
+    """The LLaVA adapter for a checkpoint: ``LlavaVideoAdapter`` for LLaVA-Video, else LLaVA-OV.
+
+    ``geometry`` ("llava_onevision" or "llava_vid") overrides the detection from the
+    checkpoint's config.json and name (``harness/models/geometry.py``). Options only llava_vid
+    has (``add_time_instruction``, ``video_fps``, ``force_sample``) are refused for LLaVA-OV.
+    """
+    chosen = detect_geometry(_local_config(pretrained), pretrained, geometry)
+    if chosen.name == LLAVA_VID:
+        return LlavaVideoAdapter(pretrained, **kwargs)
+    extra = sorted(set(kwargs) - {"device", "dtype", "attn_implementation"})
+    if extra:
+        raise ValueError(f"{', '.join(extra)}: only for the llava_vid geometry (LLaVA-Video checkpoints)")
+    return LlavaOnevisionAdapter(pretrained, **kwargs)
+
+
+def _local_config(pretrained: str) -> dict[str, Any]:
+    """config.json of a local folder or a cached hub snapshot; {} when there is none offline."""
+    path = Path(pretrained) / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(pretrained, "config.json")
+        except Exception:  # not a hub id
+            cached = None
+        if not isinstance(cached, str):
+            return {}
+        path = Path(cached)
+    return json.loads(path.read_text())
+
+
+def is_multimodal_template(template: str) -> bool:
+    """A processor template iterates typed content items (``content['type']``); a text one does not."""
+    return "'type'" in template or '"type"' in template
+
+
+def text_chat_template(tokenizer, checkpoint_dir: str | None) -> str | None:
+    """The tokenizer's text chat template, even when a processor's multimodal one was loaded in its place.
+
+    Order: the loaded template if it is a text one; else a text template in the folder's
+    tokenizer_config.json; else, for a Qwen2 tokenizer (``<|im_start|>``), Qwen2's ChatML
+    template with the default system prompt, which is the text template of every LLaVA-OV /
+    LLaVA-Video tokenizer. None if the tokenizer has no template at all.
+    """
+    template = tokenizer.chat_template
+    if not isinstance(template, str) or not is_multimodal_template(template):
+        return template
+    config = Path(checkpoint_dir or "") / "tokenizer_config.json"
+    if checkpoint_dir and config.is_file():
+        saved = json.loads(config.read_text()).get("chat_template")
+        if isinstance(saved, str) and not is_multimodal_template(saved):
+            return saved
+    if "<|im_start|>" in tokenizer.get_vocab():
+        return QWEN2_CHAT_TEMPLATE
+    raise MethodError("the tokenizer's chat template is a processor's multimodal template and no text template was found")
 
 
 def _is_local_dir(path: str) -> bool:

@@ -64,7 +64,14 @@ class ModelAdapter(Protocol):
 
     def __init__(self, pretrained: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa") -> None: ...
 
-    def build_prompt(self, context: str) -> str:
+    geometry_name: str
+    """The video geometry the adapter feeds (recorded in each row), e.g. ``llava_vid``."""
+
+    def read_video(self, path: str, max_frames_num: int) -> tuple[np.ndarray, Any]:
+        """The frames the family's lmms-eval reference model samples, uint8 [T, H, W, 3], and the
+        timing plan its prompt may need (None when it needs none)."""
+
+    def build_prompt(self, context: str, plan: Any = None) -> str:
         """The chat prompt the family's lmms-eval reference model builds, with one video slot."""
 
     def pixel_values(self, frames: np.ndarray) -> torch.Tensor:

@@ -50,6 +50,8 @@ VIDEO_TYPE = 2  # mm_token_type_ids value of video tokens
 class Qwen2_5_VLAdapter:
     """A loaded Qwen2.5-VL checkpoint seen through the method/model seam."""
 
+    geometry_name = "qwen2_5_vl"  # 2x2 merger over frame pairs, no newline token
+
     def __init__(self, pretrained: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa"):
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -71,7 +73,13 @@ class Qwen2_5_VLAdapter:
         self.second_per_grid_t = 1.0  # replaced by the processor's value for each video
 
     # -- prompt -------------------------------------------------------------------------
-    def build_prompt(self, context: str) -> str:
+    def read_video(self, path: str, max_frames_num: int) -> tuple[np.ndarray, None]:
+        """``max_frames_num`` frames sampled uniformly over the video (no timing plan)."""
+        from harness.video import load_frames
+
+        return load_frames(path, max_frames_num), None
+
+    def build_prompt(self, context: str, plan: None = None) -> str:
         """The chat prompt lmms-eval's qwen2_5_vl builds for one video and a question."""
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
