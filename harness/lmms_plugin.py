@@ -13,12 +13,28 @@ accounting as JSONL); every other key is a parameter of the method (validated by
 Per-sample accounting is kept in ``self.records`` for the sweep. A sample that fails is
 recorded with its reason and answered with ``ERROR_ANSWER`` (the sweep excludes it from
 accuracy and counts it in ``errors``); it is never silently answered with "".
+
+Data parallel through lmms-eval's own mechanism (``accelerate launch -m lmms_eval ...`` or
+``torchrun --nproc_per_node N -m lmms_eval ...``): the evaluator gives each rank its shard of
+the documents; this class binds each rank to its own GPU (``cuda:LOCAL_RANK`` when
+``device=auto``), joins the process group (lmms-eval's CLI has usually made it already; else an
+``accelerate.Accelerator`` makes it, gloo on CPU, as lmms-eval's own simple models do, e.g.
+``lmms_eval/models/simple/llava_hf.py``), and after its shard gathers every rank's per-sample
+accounting (``all_gather_object``), so ``self.records`` holds every sample on every rank and
+rank 0 alone writes ``accounting_path``, sorted by (task, doc_id) like a single-process run.
+Each accounting line records the ``rank`` that answered it, the ``world_size`` and the
+``device``. Padding requests (lmms-eval repeats a request on ranks with fewer documents; their
+answers are discarded) are not run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
+
+import torch
+import torch.distributed as dist
 
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
@@ -62,22 +78,45 @@ class TokbenchLMM(lmms):
         if int(batch_size) != 1:
             raise ValueError("tokbench generates one sample at a time (batch_size=1): per-sample timing needs it")
         self.reducer = build_reducer(method, method_params)
+        self._rank, self._world_size = join_process_group(self)
+        device = rank_device(device)
         self.adapter = adapter or LlavaOnevisionAdapter(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
         self.runner = Runner(self.adapter, self.reducer, int(max_frames_num))
         self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
         self.accounting_path = accounting_path
         self.records: dict[tuple[str, Any], SampleRecord] = {}
         self.videos: dict[tuple[str, Any], tuple[str, str]] = {}
+        self.answered_by: dict[tuple[str, Any], int] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         answers = []
-        for request in tqdm(requests, desc=f"{self.reducer.name} samples", leave=False):
+        for request in tqdm(requests, desc=f"{self.reducer.name} samples", leave=False, disable=self.rank != 0):
+            if (request.metadata or {}).get("__padding_only__"):
+                answers.append(ERROR_ANSWER)  # lmms-eval discards a padding request's answer
+                continue
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             record = self._answer_one(context, dict(gen_kwargs), doc_to_visual, doc_id, task, split)
             self.records[(task, doc_id)] = record
+            self.answered_by[(task, doc_id)] = self.rank
             answers.append(ERROR_ANSWER if record.error else record.answer)
+        self._gather()
         self._write_accounting()
         return answers
+
+    def _gather(self) -> None:
+        """Every rank ends with every rank's records, videos and answering rank (a collective)."""
+        if self.world_size == 1:
+            return
+        shards: list[Any] = [None] * self.world_size
+        dist.all_gather_object(shards, (self.records, self.videos, self.answered_by))
+        for records, videos, answered_by in shards:
+            self.records.update(records)
+            self.videos.update(videos)
+            self.answered_by.update(answered_by)
 
     def _answer_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])
@@ -93,14 +132,41 @@ class TokbenchLMM(lmms):
         return self.runner.answer(doc_id, videos[0], context, max_new, until)
 
     def _write_accounting(self) -> None:
-        if not self.accounting_path:
+        if not self.accounting_path or self.rank != 0:
             return
+        where = {"world_size": self.world_size, "device": str(self.device)}
         with open(self.accounting_path, "w") as handle:
-            for (task, _), record in self.records.items():
-                handle.write(json.dumps({"task": task, **record.to_json()}) + "\n")
+            for (task, doc_id), record in sorted(self.records.items(), key=lambda item: (item[0][0], str(type(item[0][1])), item[0][1])):
+                line = {"task": task, **record.to_json(), "rank": self.answered_by.get((task, doc_id), 0), **where}
+                handle.write(json.dumps(line, default=str) + "\n")
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         raise NotImplementedError("tokbench answers generate_until tasks only (video QA); loglikelihood tasks are not supported")
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("tokbench does not support multi-round generation tasks")
+
+
+def join_process_group(lm: lmms) -> tuple[int, int]:
+    """(rank, world_size) of this process; joins the process group when launched as several.
+
+    torchrun and ``accelerate launch`` set ``WORLD_SIZE``/``RANK``. lmms-eval's CLI has made the
+    group before building the model; from the Python API an ``Accelerator`` makes it (NCCL on
+    GPUs, gloo on CPU) and is kept as ``lm.accelerator``, which the evaluator then reuses.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        from accelerate import Accelerator
+
+        lm.accelerator = Accelerator()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def rank_device(device: str) -> str:
+    """``auto`` -> this rank's own GPU (``cuda:LOCAL_RANK``) when there is one, else CPU."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
