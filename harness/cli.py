@@ -92,10 +92,25 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from harness.config import load_config
     from harness.sweep import run_sweep
 
+    if args.slurm is not None:
+        submit_sweep(args)
+        return
     config = load_config(args.config)
-    rows = run_sweep(config, progress=not args.quiet)
+    rows = run_sweep(config, progress=not args.quiet, stale_after_s=args.stale_after)
     failed = [r for r in rows if r.get("status") != "ok"]
     print(f"{len(rows)} rows in {config.results_dir / 'leaderboard.csv'} ({len(failed)} failed cells)")
+
+
+def submit_sweep(args: argparse.Namespace) -> None:
+    from harness.slurm import sbatch_script, submit_workers
+
+    if args.dry_run:
+        print(sbatch_script(args.config, args.slurm))
+        return
+    jobs = submit_workers(args.config, args.slurm, args.stale_after, cluster=args.submitit_cluster)
+    print(f"submitted {len(jobs)} sweep workers: {' '.join(job.job_id for job in jobs)}")
+    if args.submitit_cluster != "slurm":  # local / debug: the workers run here; wait for them
+        print(f"{sum(job.result() for job in jobs) // len(jobs)} rows")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -138,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a YAML sweep config through lmms-eval (resumable)")
     sweep.add_argument("config")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.add_argument(
+        "--stale-after", type=float, default=600.0, metavar="SECONDS",
+        help="a cell claim whose heartbeat is older than this belongs to a dead worker and is taken over (default 600)",
+    )
+    sweep.add_argument(
+        "--slurm", metavar="KEY=VALUE,...",
+        help="submit workers through submitit instead of running here, e.g. partition=gpu,gpus_per_task=1,array=8",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="with --slurm: print the sbatch script, submit nothing")
+    sweep.add_argument(
+        "--submitit-cluster", choices=["slurm", "local", "debug"], default="slurm",
+        help="with --slurm: submitit's local or debug executor runs the same workers on this machine (no SLURM needed)",
+    )
     sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="rebuild the leaderboard files of a sweep")

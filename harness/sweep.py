@@ -5,35 +5,31 @@ Each finished cell writes ``<results>/cells/<cell_id>.json`` (its row) and
 atomically (temp file + rename). A rerun skips cells whose row exists, so a killed sweep
 resumes where it stopped. A cell that fails (unknown method, impossible budget, model that
 cannot load) is written as a row with ``status=error`` and its reason; the other cells run.
-After every cell the leaderboard (CSV, Markdown) is rebuilt from all rows.
+After every cell the leaderboard (CSV, Markdown) is rebuilt from all rows. Several workers can
+run one sweep together (``run_sweep``; cells are claimed through ``harness.claims``).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import socket
 import statistics
-import tempfile
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from harness.atomic_files import atomic_write
+from harness.claims import DEFAULT_STALE_AFTER_S
 from harness.config import Cell, SweepConfig
 from harness.flops import layer_flops
 from harness.scoring import accuracy_by_group, sample_score, task_metric
 from harness.versions import versions
 
 _TASK_MANAGERS: dict[tuple[str, ...], Any] = {}
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def cell_row_path(config: SweepConfig, cell: Cell) -> Path:
@@ -193,25 +189,77 @@ def error_row(config: SweepConfig, cell: Cell, exc: BaseException) -> dict[str, 
     return row
 
 
-def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every unfinished cell; return all rows (finished earlier or now)."""
-    from harness.models.llava_onevision import LlavaOnevisionAdapter
-    from harness.report import write_reports
+def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> list[dict[str, Any]]:
+    """Run every unfinished cell; return all rows (finished earlier or now).
 
+    Safe to start as several workers on one results folder (one per GPU or node): a worker
+    claims a cell before running it (``harness.claims``), so each cell runs once; when every
+    unfinished cell is claimed by a live worker it waits, and takes over the cell of a worker
+    that died (claim older than ``stale_after_s``, or its pid gone on this host). It returns
+    once every cell has a row. A worker that lost its claim (presumed dead, then came back)
+    does not write the row.
+    """
+    from harness.claims import ClaimBoard
+
+    board = ClaimBoard(config.results_dir / "claims", stale_after_s)
     cells = config.cells()
     adapters: dict[str, Any] = {}
-    bar = tqdm(cells, desc="cells", disable=not progress)
-    for cell in bar:
-        path = cell_row_path(config, cell)
-        if path.exists():
+    bar = tqdm(total=len(cells), desc="cells", disable=not progress)
+    while True:
+        pending = [cell for cell in cells if not cell_row_path(config, cell).exists()]
+        bar.n = len(cells) - len(pending)
+        bar.refresh()
+        if not pending:
+            break
+        cell, claim = next(((cell, c) for cell in pending if (c := board.try_claim(cell.cell_id)) is not None), (None, None))
+        if claim is None:  # all running elsewhere: wait for them, or for one to go stale
+            time.sleep(min(5.0, board.heartbeat_s))
             continue
-        bar.set_postfix_str(f"{cell.method} {cell.budget_label}")
-        try:
-            if cell.model.name not in adapters:
-                adapters[cell.model.name] = LlavaOnevisionAdapter(cell.model.pretrained, device=config.device, dtype=config.dtype)
-            row = run_cell(config, cell, adapters[cell.model.name])
-        except Exception as exc:  # the failure becomes this cell's row; other cells still run
-            row = error_row(config, cell, exc)
-        atomic_write(path, json.dumps(row, indent=1, default=str))
-        write_reports(config)
-    return write_reports(config)
+        with claim:
+            if cell_row_path(config, cell).exists():
+                continue  # finished by another worker between the listing and the claim
+            bar.set_postfix_str(f"{cell.method} {cell.budget_label}")
+            row = _run_claimed_cell(config, cell, adapters)
+            if not claim.still_mine():
+                print(f"tokbench sweep: worker {board.worker} lost its claim on {cell.cell_id} (presumed dead); row not written", file=sys.stderr)
+                continue
+            atomic_write(cell_row_path(config, cell), json.dumps(row, indent=1, default=str))
+        print(f"tokbench sweep: worker {board.worker} ran {cell.cell_id} ({row['status']})", file=sys.stderr)
+        write_complete_reports(config)
+    bar.close()
+    return write_complete_reports(config)
+
+
+def _run_claimed_cell(config: SweepConfig, cell: Cell, adapters: dict[str, Any]) -> dict[str, Any]:
+    """The cell's row, or its error row; records where it ran (host, device, world size)."""
+    from harness.models.llava_onevision import LlavaOnevisionAdapter
+
+    try:
+        if cell.model.name not in adapters:
+            adapters[cell.model.name] = LlavaOnevisionAdapter(cell.model.pretrained, device=config.device, dtype=config.dtype)
+        row = run_cell(config, cell, adapters[cell.model.name])
+        device = str(adapters[cell.model.name].device)
+    except Exception as exc:  # the failure becomes this cell's row; other cells still run
+        row, device = error_row(config, cell, exc), None
+    row.update({"host": socket.gethostname(), "device": device, "world_size": 1})
+    return row
+
+
+def _rows_snapshot(config: SweepConfig) -> set[tuple[str, int]]:
+    return {(p.name, p.stat().st_mtime_ns) for p in (config.results_dir / "cells").glob("*.json")}
+
+
+def write_complete_reports(config: SweepConfig) -> list[dict[str, Any]]:
+    """Rebuild the leaderboard files until no row appeared or changed while they were built.
+
+    With several workers, the last one to write the files had seen every row written before it
+    checked, and any row written later is followed by its writer's own rebuild: the files left
+    behind are complete. Each file is replaced atomically, so readers never see half of one.
+    """
+    from harness.report import write_reports
+
+    while True:
+        before = _rows_snapshot(config)
+        rows = write_reports(config)
+        if _rows_snapshot(config) == before:
+            return rows
