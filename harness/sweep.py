@@ -213,7 +213,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
             break
         cell, claim = next(((cell, c) for cell in pending if (c := board.try_claim(cell.cell_id)) is not None), (None, None))
         if claim is None:  # all running elsewhere: wait for them, or for one to go stale
-            time.sleep(min(5.0, board.heartbeat_s))
+            time.sleep(min(2.0, board.heartbeat_s))
             continue
         with claim:
             if cell_row_path(config, cell).exists():
