@@ -97,6 +97,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         return
     config = load_config(args.config)
     rows = run_sweep(config, progress=not args.quiet, stale_after_s=args.stale_after)
+    if not rows:  # a rank other than 0 of a data-parallel worker: rank 0 reports
+        return
     failed = [r for r in rows if r.get("status") != "ok"]
     print(f"{len(rows)} rows in {config.results_dir / 'leaderboard.csv'} ({len(failed)} failed cells)")
 

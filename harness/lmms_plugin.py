@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -78,7 +79,7 @@ class TokbenchLMM(lmms):
         if int(batch_size) != 1:
             raise ValueError("tokbench generates one sample at a time (batch_size=1): per-sample timing needs it")
         self.reducer = build_reducer(method, method_params)
-        self._rank, self._world_size = join_process_group(self)
+        self._rank, self._world_size = join_process_group()
         device = rank_device(device)
         self.adapter = adapter or LlavaOnevisionAdapter(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
         self.runner = Runner(self.adapter, self.reducer, int(max_frames_num))
@@ -147,19 +148,20 @@ class TokbenchLMM(lmms):
         raise NotImplementedError("tokbench does not support multi-round generation tasks")
 
 
-def join_process_group(lm: lmms) -> tuple[int, int]:
+def join_process_group() -> tuple[int, int]:
     """(rank, world_size) of this process; joins the process group when launched as several.
 
     torchrun and ``accelerate launch`` set ``WORLD_SIZE``/``RANK``. lmms-eval's CLI has made the
-    group before building the model; from the Python API an ``Accelerator`` makes it (NCCL on
-    GPUs, gloo on CPU) and is kept as ``lm.accelerator``, which the evaluator then reuses.
+    group before building the model; otherwise accelerate's ``PartialState`` makes it as an
+    ``Accelerator`` would (NCCL on GPUs, gloo on CPU), and the ``Accelerator`` the evaluator
+    builds later shares it. Its timeout is a day, as lmms-eval's own: ranks may wait long.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
     if not dist.is_initialized():
-        from accelerate import Accelerator
+        from accelerate import PartialState
 
-        lm.accelerator = Accelerator()
+        PartialState(timeout=timedelta(hours=24))
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -104,7 +104,10 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
         fewshot_random_seed=config.seed,
         bootstrap_iters=0,
         verbosity="WARNING",
+        distributed_executor_backend="torchrun" if torch.distributed.is_initialized() else "accelerate",  # as lmms-eval's CLI
     )
+    if results is None:  # a rank other than 0 of a data-parallel cell: rank 0 builds the row
+        return {}
     metric = task_metric(cell.task, results)
     samples = []
     for logged in results["samples"][cell.task]:
@@ -198,9 +201,18 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
     that died (claim older than ``stale_after_s``, or its pid gone on this host). It returns
     once every cell has a row. A worker that lost its claim (presumed dead, then came back)
     does not write the row.
+
+    Started under torchrun / ``accelerate launch`` (``WORLD_SIZE`` > 1), the worker's ranks run
+    each cell data parallel through lmms-eval: rank 0 claims cells and announces each to the
+    other ranks (``_follow_cells``), lmms-eval splits its samples, and rank 0 writes the row.
     """
     from harness.claims import ClaimBoard
+    from harness.lmms_plugin import join_process_group
 
+    rank, world_size = join_process_group()
+    if rank != 0:
+        _follow_cells(config)
+        return []
     board = ClaimBoard(config.results_dir / "claims", stale_after_s)
     cells = config.cells()
     adapters: dict[str, Any] = {}
@@ -219,7 +231,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
             if cell_row_path(config, cell).exists():
                 continue  # finished by another worker between the listing and the claim
             bar.set_postfix_str(f"{cell.method} {cell.budget_label}")
-            row = _run_claimed_cell(config, cell, adapters)
+            row = _run_claimed_cell(config, cell, adapters, world_size)
             if not claim.still_mine():
                 print(f"tokbench sweep: worker {board.worker} lost its claim on {cell.cell_id} (presumed dead); row not written", file=sys.stderr)
                 continue
@@ -227,22 +239,57 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
         print(f"tokbench sweep: worker {board.worker} ran {cell.cell_id} ({row['status']})", file=sys.stderr)
         write_complete_reports(config)
     bar.close()
+    if world_size > 1:
+        _announce(None)  # the other ranks stop following
     return write_complete_reports(config)
 
 
-def _run_claimed_cell(config: SweepConfig, cell: Cell, adapters: dict[str, Any]) -> dict[str, Any]:
-    """The cell's row, or its error row; records where it ran (host, device, world size)."""
+def _adapter(config: SweepConfig, cell: Cell, adapters: dict[str, Any]):
+    """The cell's model, loaded once per worker, on this rank's own device."""
+    from harness.lmms_plugin import rank_device
     from harness.models.llava_onevision import LlavaOnevisionAdapter
 
+    if cell.model.name not in adapters:
+        adapters[cell.model.name] = LlavaOnevisionAdapter(cell.model.pretrained, device=rank_device(config.device), dtype=config.dtype)
+    return adapters[cell.model.name]
+
+
+def _run_claimed_cell(config: SweepConfig, cell: Cell, adapters: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """The cell's row, or its error row; records where it ran (host, device, world size)."""
+    if world_size > 1:
+        _announce(cell.cell_id)
     try:
-        if cell.model.name not in adapters:
-            adapters[cell.model.name] = LlavaOnevisionAdapter(cell.model.pretrained, device=config.device, dtype=config.dtype)
-        row = run_cell(config, cell, adapters[cell.model.name])
-        device = str(adapters[cell.model.name].device)
+        adapter = _adapter(config, cell, adapters)
+        row, device = run_cell(config, cell, adapter), str(adapter.device)
     except Exception as exc:  # the failure becomes this cell's row; other cells still run
         row, device = error_row(config, cell, exc), None
-    row.update({"host": socket.gethostname(), "device": device, "world_size": 1})
+    row.update({"host": socket.gethostname(), "device": device, "world_size": world_size})
     return row
+
+
+def _announce(cell_id: str | None) -> str | None:
+    """Rank 0 sends the id of the cell it runs next (None: no more); the other ranks receive it."""
+    import torch.distributed as dist
+
+    box = [cell_id]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _follow_cells(config: SweepConfig) -> None:
+    """A rank other than 0 of a data-parallel worker: run every cell rank 0 announces, with it.
+
+    A cell's failure is recorded by rank 0 from its own run; a failure on one rank only (e.g.
+    out of memory on one GPU) leaves the others waiting in lmms-eval's collectives.
+    """
+    cells = {cell.cell_id: cell for cell in config.cells()}
+    adapters: dict[str, Any] = {}
+    while (cell_id := _announce(None)) is not None:
+        cell = cells[cell_id]
+        try:
+            run_cell(config, cell, _adapter(config, cell, adapters))
+        except Exception:  # rank 0 hits the same error and writes it into the row
+            continue
 
 
 def _rows_snapshot(config: SweepConfig) -> set[tuple[str, int]]:
