@@ -93,14 +93,30 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from harness.sweep import run_sweep
 
     if args.slurm is not None:
+        if args.timing_pass is not None:
+            raise ValueError("--timing-pass runs here on one device, not through --slurm")
         submit_sweep(args)
         return
     config = load_config(args.config)
+    if args.timing_pass is not None:
+        config = timing_pass_config(config, args.timing_pass)
     rows = run_sweep(config, progress=not args.quiet, stale_after_s=args.stale_after)
     if not rows:  # a rank other than 0 of a data-parallel worker: rank 0 reports
         return
     failed = [r for r in rows if r.get("status") != "ok"]
     print(f"{len(rows)} rows in {config.results_dir / 'leaderboard.csv'} ({len(failed)} failed cells)")
+
+
+def timing_pass_config(config, samples: int):
+    """The sweep on its first ``samples`` samples, in one process, into ``<name>_timing/``."""
+    import dataclasses
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--timing-pass runs in one process on one device: start it without torchrun / accelerate launch")
+    if samples < 2:
+        raise ValueError(f"--timing-pass {samples}: need at least 2 samples (the first is warm-up)")
+    return dataclasses.replace(config, name=f"{config.name}_timing", limit=samples if config.limit is None else min(samples, config.limit))
 
 
 def submit_sweep(args: argparse.Namespace) -> None:
@@ -162,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--slurm", metavar="KEY=VALUE,...",
         help="submit workers through submitit instead of running here, e.g. partition=gpu,gpus_per_task=1,array=8",
+    )
+    sweep.add_argument(
+        "--timing-pass", type=int, metavar="N",
+        help="latency/memory rows: every cell on its first N samples in this one process, into <name>_timing/",
     )
     sweep.add_argument("--dry-run", action="store_true", help="with --slurm: print the sbatch script, submit nothing")
     sweep.add_argument(

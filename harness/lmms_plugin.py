@@ -17,9 +17,9 @@ accuracy and counts it in ``errors``); it is never silently answered with "".
 Data parallel through lmms-eval's own mechanism (``accelerate launch -m lmms_eval ...`` or
 ``torchrun --nproc_per_node N -m lmms_eval ...``): the evaluator gives each rank its shard of
 the documents; this class binds each rank to its own GPU (``cuda:LOCAL_RANK`` when
-``device=auto``), joins the process group (lmms-eval's CLI has usually made it already; else an
-``accelerate.Accelerator`` makes it, gloo on CPU, as lmms-eval's own simple models do, e.g.
-``lmms_eval/models/simple/llava_hf.py``), and after its shard gathers every rank's per-sample
+``device=auto``, as lmms-eval's own simple models do, e.g. ``lmms_eval/models/simple/llava_hf.py``),
+joins the process group (``harness.distributed``; lmms-eval's CLI has usually made it
+already), and after its shard gathers every rank's per-sample
 accounting (``all_gather_object``), so ``self.records`` holds every sample on every rank and
 rank 0 alone writes ``accounting_path``, sorted by (task, doc_id) like a single-process run.
 Each accounting line records the ``rank`` that answered it, the ``world_size`` and the
@@ -30,8 +30,6 @@ answers are discarded) are not run.
 from __future__ import annotations
 
 import json
-import os
-from datetime import timedelta
 from typing import Any
 
 import torch
@@ -42,6 +40,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
 
+from harness.distributed import join_process_group, rank_device
 from harness.models.llava_onevision import LlavaOnevisionAdapter
 from harness.runner import Runner, SampleRecord
 from methods.registry import build_reducer
@@ -147,28 +146,3 @@ class TokbenchLMM(lmms):
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("tokbench does not support multi-round generation tasks")
 
-
-def join_process_group() -> tuple[int, int]:
-    """(rank, world_size) of this process; joins the process group when launched as several.
-
-    torchrun and ``accelerate launch`` set ``WORLD_SIZE``/``RANK``. lmms-eval's CLI has made the
-    group before building the model; otherwise accelerate's ``PartialState`` makes it as an
-    ``Accelerator`` would (NCCL on GPUs, gloo on CPU), and the ``Accelerator`` the evaluator
-    builds later shares it. Its timeout is a day, as lmms-eval's own: ranks may wait long.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        from accelerate import PartialState
-
-        PartialState(timeout=timedelta(hours=24))
-    return dist.get_rank(), dist.get_world_size()
-
-
-def rank_device(device: str) -> str:
-    """``auto`` -> this rank's own GPU (``cuda:LOCAL_RANK``) when there is one, else CPU."""
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return "cpu"

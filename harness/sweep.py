@@ -207,7 +207,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
     other ranks (``_follow_cells``), lmms-eval splits its samples, and rank 0 writes the row.
     """
     from harness.claims import ClaimBoard
-    from harness.lmms_plugin import join_process_group
+    from harness.distributed import join_process_group
 
     rank, world_size = join_process_group()
     if rank != 0:
@@ -246,7 +246,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
 
 def _adapter(config: SweepConfig, cell: Cell, adapters: dict[str, Any]):
     """The cell's model, loaded once per worker, on this rank's own device."""
-    from harness.lmms_plugin import rank_device
+    from harness.distributed import rank_device
     from harness.models.llava_onevision import LlavaOnevisionAdapter
 
     if cell.model.name not in adapters:

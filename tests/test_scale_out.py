@@ -156,7 +156,7 @@ def test_two_ranks_give_the_same_samples_and_row_as_one(tmp_path):
 # --- sweep workers --------------------------------------------------------------------------
 
 
-def sweep_config(tmp_path: Path, checkpoint: str, name: str) -> Path:
+def sweep_config(tmp_path: Path, checkpoint: str, name: str, methods: list[dict] | None = None) -> Path:
     raw = {
         "name": name,
         "output_dir": str(tmp_path),
@@ -165,8 +165,9 @@ def sweep_config(tmp_path: Path, checkpoint: str, name: str) -> Path:
         "frames": 4,
         "limit": 4,
         "max_new_tokens": 2,
-        "methods": [
-            {"method": "uniform_pool", "budgets": [{"retain": 0.5}, {"tokens": 2}]},
+        "methods": methods
+        or [
+            {"method": "uniform_pool", "budgets": [{"tokens": 2}]},
             {"method": "fastv", "params": {"K": 1}, "budgets": [{"retain": 0.5}]},
         ],
     }
@@ -187,6 +188,11 @@ def rows(config: Path) -> dict[str, dict]:
 
 def comparable(row: dict) -> dict:
     return without(row, {"vision_ms", "reduce_ms", "prefill_ms", "decode_tok_s", "peak_mem_mb", "host", "versions"})
+
+
+def samples_by_doc(config: Path, cell_id: str) -> dict:
+    path = load_config(config).results_dir / "runs" / cell_id / "samples.jsonl"
+    return {s["doc_id"]: without(s, TIMING) for s in map(json.loads, path.read_text().splitlines())}
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +219,7 @@ def test_a_killed_worker_is_recovered_by_the_next_run(killed_then_recovered):
     cells = [cell.cell_id for cell in load_config(config).cells()]
     done = rows(config)
     assert sorted(done) == sorted(cells) and all(r["status"] == "ok" for r in done.values())
-    assert done[orphan]["n"] == 4 and done[orphan]["world_size"] == 1
+    assert done[orphan]["n"] == 4 and done[orphan]["world_size"] == 1 and done[orphan]["device"] == "cpu"
     assert not list((load_config(config).results_dir / "claims").glob("*.claim*"))
     samples = load_config(config).results_dir / "runs" / orphan / "samples.jsonl"
     assert len(samples.read_text().splitlines()) == 4
@@ -249,4 +255,20 @@ def test_slurm_submission_path(killed_then_recovered):
         sbatch_script(str(config), "partitionx=gpu")
     # submitit's debug executor runs the array's workers here: on a finished sweep they only report
     jobs = submit_workers(str(config), "partition=gpu,array=2", cluster="debug")
-    assert [job.result() for job in jobs] == [4, 4]
+    assert [job.result() for job in jobs] == [3, 3]
+
+
+def test_a_data_parallel_sweep_cell_gives_the_single_process_row(killed_then_recovered, tiny_checkpoint, tmp_path):
+    """``torchrun --nproc_per_node 2 -m harness.cli sweep``: each cell's samples split over two ranks."""
+    reference, _ = killed_then_recovered
+    fastv = {"method": "fastv", "params": {"K": 1}, "budgets": [{"retain": 0.5}]}  # an in-LLM method: layer counts gathered too
+    config = sweep_config(tmp_path, tiny_checkpoint, "dp", methods=[fastv])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "harness.cli", "sweep", str(config), "--quiet"]
+    done = subprocess.run(command, env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got, expected = rows(config), rows(reference)
+    assert len(got) == 2
+    for cell_id, row in got.items():
+        assert row["world_size"] == 2 and row["status"] == "ok"
+        assert without(comparable(row), {"world_size"}) == without(comparable(expected[cell_id]), {"world_size"})
+        assert samples_by_doc(config, cell_id) == samples_by_doc(reference, cell_id)
