@@ -176,9 +176,3 @@ class ClaimBoard:
         finally:
             lock.unlink(missing_ok=True)
         return Claim(path, owner, self.heartbeat_s).start()
-
-    def held(self) -> list[str]:
-        """Keys with a claim file (live or stale)."""
-        if not self.folder.is_dir():
-            return []
-        return sorted(p.name[: -len(".claim")] for p in self.folder.glob("*.claim"))

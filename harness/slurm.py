@@ -64,10 +64,10 @@ def make_executor(folder: Path, params: dict[str, Any], workers: int, cluster: s
 
     try:
         if dry_run:
-            executor = AutoExecutor(folder=folder / "%j", cluster="debug")
-            executor.cluster, executor._executor = "slurm", OffClusterSlurmExecutor(folder / "%j")
+            executor = AutoExecutor(folder=folder, cluster="debug")
+            executor.cluster, executor._executor = "slurm", OffClusterSlurmExecutor(folder)
         else:
-            executor = AutoExecutor(folder=folder / "%j", cluster=cluster)
+            executor = AutoExecutor(folder=folder, cluster=cluster)
     except RuntimeError as exc:
         raise ValueError(f"--slurm: {exc} (--dry-run shows the sbatch script; --submitit-cluster local runs the workers here)") from None
     try:
