@@ -92,6 +92,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from harness.config import load_config
     from harness.sweep import run_sweep
 
+    if args.dry_run and args.slurm is None:
+        raise ValueError("--dry-run shows what --slurm would submit: give --slurm too")
     if args.slurm is not None:
         if args.timing_pass is not None:
             raise ValueError("--timing-pass runs here on one device, not through --slurm")
@@ -128,7 +130,7 @@ def submit_sweep(args: argparse.Namespace) -> None:
     jobs = submit_workers(args.config, args.slurm, args.stale_after, cluster=args.submitit_cluster)
     print(f"submitted {len(jobs)} sweep workers: {' '.join(job.job_id for job in jobs)}")
     if args.submitit_cluster != "slurm":  # local / debug: the workers run here; wait for them
-        print(f"{sum(job.result() for job in jobs) // len(jobs)} rows")
+        print(f"workers done: {max(job.result() for job in jobs)} rows")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -22,8 +22,8 @@ joins the process group (``harness.distributed``; lmms-eval's CLI has usually ma
 already), and after its shard gathers every rank's per-sample
 accounting (``all_gather_object``), so ``self.records`` holds every sample on every rank and
 rank 0 alone writes ``accounting_path``, sorted by (task, doc_id) like a single-process run.
-Each accounting line records the ``rank`` that answered it, the ``world_size`` and the
-``device``. Padding requests (lmms-eval repeats a request on ranks with fewer documents; their
+Each accounting line records the ``rank`` that answered it, the ``device`` it ran on and the
+``world_size``. Padding requests (lmms-eval repeats a request on ranks with fewer documents; their
 answers are discarded) are not run.
 """
 
@@ -86,7 +86,7 @@ class TokbenchLMM(lmms):
         self.accounting_path = accounting_path
         self.records: dict[tuple[str, Any], SampleRecord] = {}
         self.videos: dict[tuple[str, Any], tuple[str, str]] = {}
-        self.answered_by: dict[tuple[str, Any], int] = {}
+        self.answered_on: dict[tuple[str, Any], tuple[int, str]] = {}  # (rank, device) per sample
 
     @property
     def device(self) -> torch.device:
@@ -101,22 +101,22 @@ class TokbenchLMM(lmms):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             record = self._answer_one(context, dict(gen_kwargs), doc_to_visual, doc_id, task, split)
             self.records[(task, doc_id)] = record
-            self.answered_by[(task, doc_id)] = self.rank
+            self.answered_on[(task, doc_id)] = (self.rank, str(self.device))
             answers.append(ERROR_ANSWER if record.error else record.answer)
         self._gather()
         self._write_accounting()
         return answers
 
     def _gather(self) -> None:
-        """Every rank ends with every rank's records, videos and answering rank (a collective)."""
+        """Every rank ends with every rank's records, videos and where each ran (a collective)."""
         if self.world_size == 1:
             return
         shards: list[Any] = [None] * self.world_size
-        dist.all_gather_object(shards, (self.records, self.videos, self.answered_by))
-        for records, videos, answered_by in shards:
+        dist.all_gather_object(shards, (self.records, self.videos, self.answered_on))
+        for records, videos, answered_on in shards:
             self.records.update(records)
             self.videos.update(videos)
-            self.answered_by.update(answered_by)
+            self.answered_on.update(answered_on)
 
     def _answer_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])
@@ -134,10 +134,10 @@ class TokbenchLMM(lmms):
     def _write_accounting(self) -> None:
         if not self.accounting_path or self.rank != 0:
             return
-        where = {"world_size": self.world_size, "device": str(self.device)}
         with open(self.accounting_path, "w") as handle:
-            for (task, doc_id), record in sorted(self.records.items(), key=lambda item: (item[0][0], str(type(item[0][1])), item[0][1])):
-                line = {"task": task, **record.to_json(), "rank": self.answered_by.get((task, doc_id), 0), **where}
+            for key, record in sorted(self.records.items(), key=lambda item: item[0]):
+                rank, device = self.answered_on[key]
+                line = {"task": key[0], **record.to_json(), "rank": rank, "world_size": self.world_size, "device": device}
                 handle.write(json.dumps(line, default=str) + "\n")
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
@@ -145,4 +145,3 @@ class TokbenchLMM(lmms):
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("tokbench does not support multi-round generation tasks")
-
