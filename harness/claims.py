@@ -30,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 DEFAULT_STALE_AFTER_S = 600.0
 # Tokens of the claims this process holds now: a claim under our own pid with another token
@@ -87,7 +88,7 @@ class Claim:
         owner = read_owner(self.path)
         return owner is not None and owner.get("token") == self.owner["token"]
 
-    def start(self) -> Claim:
+    def start(self) -> Self:
         _HELD_TOKENS.add(self.owner["token"])
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.path.name}", daemon=True)
         self._thread.start()
@@ -111,7 +112,7 @@ class Claim:
             self.path.unlink(missing_ok=True)
         _HELD_TOKENS.discard(self.owner["token"])
 
-    def __enter__(self) -> Claim:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest

@@ -79,7 +79,7 @@ def test_stale_claims_are_taken_over_once(tmp_path):
 
 def test_a_dead_pid_on_this_host_is_stale_at_once(tmp_path):
     board = ClaimBoard(tmp_path, stale_after_s=600)
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True)
     write_claim(board, "cell", socket.gethostname(), int(finished.stdout))
     claim = board.try_claim("cell")
     assert claim is not None
@@ -134,7 +134,7 @@ def two_ranks_torchrun(tmp_path: Path) -> tuple[list[dict], float, dict]:
         "--tasks", "synthvqa", "--include_path", str(REPO / "tasks"), "--limit", str(LIMIT),
         "--output_path", str(out), "--log_samples", "--verbosity", "WARNING",
     ]  # fmt: skip
-    done = subprocess.run(command, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, check=False, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(next(out.rglob("*_results.json")).read_text())["results"]["synthvqa"]
     logged = [json.loads(line) for line in next(out.rglob("*_samples_synthvqa.jsonl")).read_text().splitlines()]
@@ -264,7 +264,7 @@ def test_a_data_parallel_sweep_cell_gives_the_single_process_row(killed_then_rec
     fastv = {"method": "fastv", "params": {"K": 1}, "budgets": [{"retain": 0.5}]}  # an in-LLM method: layer counts gathered too
     config = sweep_config(tmp_path, tiny_checkpoint, "dp", methods=[fastv])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "harness.cli", "sweep", str(config), "--quiet"]
-    done = subprocess.run(command, env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, check=False, env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     got, expected = rows(config), rows(reference)
     assert len(got) == 2
