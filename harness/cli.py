@@ -94,10 +94,45 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from harness.config import load_config
     from harness.sweep import run_sweep
 
+    if args.dry_run and args.slurm is None:
+        raise ValueError("--dry-run shows what --slurm would submit: give --slurm too")
+    if args.slurm is not None:
+        if args.timing_pass is not None:
+            raise ValueError("--timing-pass runs here on one device, not through --slurm")
+        submit_sweep(args)
+        return
     config = load_config(args.config)
-    rows = run_sweep(config, progress=not args.quiet)
+    if args.timing_pass is not None:
+        config = timing_pass_config(config, args.timing_pass)
+    rows = run_sweep(config, progress=not args.quiet, stale_after_s=args.stale_after)
+    if not rows:  # a rank other than 0 of a data-parallel worker: rank 0 reports
+        return
     failed = [r for r in rows if r.get("status") != "ok"]
     print(f"{len(rows)} rows in {config.results_dir / 'leaderboard.csv'} ({len(failed)} failed cells)")
+
+
+def timing_pass_config(config, samples: int):
+    """The sweep on its first ``samples`` samples, in one process, into ``<name>_timing/``."""
+    import dataclasses
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--timing-pass runs in one process on one device: start it without torchrun / accelerate launch")
+    if samples < 2:
+        raise ValueError(f"--timing-pass {samples}: need at least 2 samples (the first is warm-up)")
+    return dataclasses.replace(config, name=f"{config.name}_timing", limit=samples if config.limit is None else min(samples, config.limit))
+
+
+def submit_sweep(args: argparse.Namespace) -> None:
+    from harness.slurm import sbatch_script, submit_workers
+
+    if args.dry_run:
+        print(sbatch_script(args.config, args.slurm))
+        return
+    jobs = submit_workers(args.config, args.slurm, args.stale_after, cluster=args.submitit_cluster)
+    print(f"submitted {len(jobs)} sweep workers: {' '.join(job.job_id for job in jobs)}")
+    if args.submitit_cluster != "slurm":  # local / debug: the workers run here; wait for them
+        print(f"workers done: {max(job.result() for job in jobs)} rows")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -141,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a YAML sweep config through lmms-eval (resumable)")
     sweep.add_argument("config")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.add_argument(
+        "--stale-after", type=float, default=600.0, metavar="SECONDS",
+        help="a cell claim whose heartbeat is older than this belongs to a dead worker and is taken over (default 600)",
+    )
+    sweep.add_argument(
+        "--slurm", metavar="KEY=VALUE,...",
+        help="submit workers through submitit instead of running here, e.g. partition=gpu,gpus_per_task=1,array=8",
+    )
+    sweep.add_argument(
+        "--timing-pass", type=int, metavar="N",
+        help="latency/memory rows: every cell on its first N samples in this one process, into <name>_timing/",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="with --slurm: print the sbatch script, submit nothing")
+    sweep.add_argument(
+        "--submitit-cluster", choices=["slurm", "local", "debug"], default="slurm",
+        help="with --slurm: submitit's local or debug executor runs the same workers on this machine (no SLURM needed)",
+    )
     sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="rebuild the leaderboard files of a sweep")

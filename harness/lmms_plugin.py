@@ -1,4 +1,4 @@
-"""lmms-eval model class ``tokbench``: any registered reduction method on a LLaVA-OV checkpoint.
+"""lmms-eval model class ``tokbench``: any registered reduction method on any supported checkpoint.
 
 Registered through the ``lmms_eval.models`` entry-point group (lmms-eval 0.7 reads only its
 V2 registry; ``manifest()`` is the payload), so this works from the shell::
@@ -14,6 +14,18 @@ Per-sample accounting is kept in ``self.records`` for the sweep. A sample that f
 recorded with its reason and answered with ``ERROR_ANSWER`` (the sweep excludes it from
 accuracy and counts it in ``errors``); it is never silently answered with "". A missing video
 is such a sample, whether the task's ``doc_to_visual`` raises or calls ``sys.exit``.
+
+Data parallel through lmms-eval's own mechanism (``accelerate launch -m lmms_eval ...`` or
+``torchrun --nproc_per_node N -m lmms_eval ...``): the evaluator gives each rank its shard of
+the documents; this class binds each rank to its own GPU (``cuda:LOCAL_RANK`` when
+``device=auto``, as lmms-eval's own simple models do, e.g. ``lmms_eval/models/simple/llava_hf.py``),
+joins the process group (``harness.distributed``; lmms-eval's CLI has usually made it
+already), and after its shard gathers every rank's per-sample
+accounting (``all_gather_object``), so ``self.records`` holds every sample on every rank and
+rank 0 alone writes ``accounting_path``, sorted by (task, doc_id) like a single-process run.
+Each accounting line records the ``rank`` that answered it, the ``device`` it ran on and the
+``world_size``. Padding requests (lmms-eval repeats a request on ranks with fewer documents; their
+answers are discarded) are not run.
 """
 
 from __future__ import annotations
@@ -21,11 +33,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
 
+from harness.distributed import join_process_group, rank_device
 from harness.models import load_adapter
 from harness.models.protocol import ModelAdapter
 from harness.runner import Runner, SampleRecord
@@ -64,22 +79,45 @@ class TokbenchLMM(lmms):
         if int(batch_size) != 1:
             raise ValueError("tokbench generates one sample at a time (batch_size=1): per-sample timing needs it")
         self.reducer = build_reducer(method, method_params)
+        self._rank, self._world_size = join_process_group()
+        device = rank_device(device)
         self.adapter = adapter or load_adapter(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
         self.runner = Runner(self.adapter, self.reducer, int(max_frames_num))
         self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
         self.accounting_path = accounting_path
         self.records: dict[tuple[str, Any], SampleRecord] = {}
         self.videos: dict[tuple[str, Any], tuple[str, str]] = {}
+        self.answered_on: dict[tuple[str, Any], tuple[int, str]] = {}  # (rank, device) per sample
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         answers = []
-        for request in tqdm(requests, desc=f"{self.reducer.name} samples", leave=False):
+        for request in tqdm(requests, desc=f"{self.reducer.name} samples", leave=False, disable=self.rank != 0):
+            if (request.metadata or {}).get("__padding_only__"):
+                answers.append(ERROR_ANSWER)  # lmms-eval discards a padding request's answer
+                continue
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             record = self._answer_one(context, dict(gen_kwargs), doc_to_visual, doc_id, task, split)
             self.records[(task, doc_id)] = record
+            self.answered_on[(task, doc_id)] = (self.rank, str(self.device))
             answers.append(ERROR_ANSWER if record.error else record.answer)
+        self._gather()
         self._write_accounting()
         return answers
+
+    def _gather(self) -> None:
+        """Every rank ends with every rank's records, videos and where each ran (a collective)."""
+        if self.world_size == 1:
+            return
+        shards: list[Any] = [None] * self.world_size
+        dist.all_gather_object(shards, (self.records, self.videos, self.answered_on))
+        for records, videos, answered_on in shards:
+            self.records.update(records)
+            self.videos.update(videos)
+            self.answered_on.update(answered_on)
 
     def _answer_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
         try:
@@ -98,11 +136,13 @@ class TokbenchLMM(lmms):
         return self.runner.answer(doc_id, videos[0], context, max_new, until)
 
     def _write_accounting(self) -> None:
-        if not self.accounting_path:
+        if not self.accounting_path or self.rank != 0:
             return
         with open(self.accounting_path, "w") as handle:
-            for (task, _), record in self.records.items():
-                handle.write(json.dumps({"task": task, **record.to_json()}) + "\n")
+            for key, record in sorted(self.records.items(), key=lambda item: item[0]):
+                rank, device = self.answered_on[key]
+                line = {"task": key[0], **record.to_json(), "rank": rank, "world_size": self.world_size, "device": device}
+                handle.write(json.dumps(line, default=str) + "\n")
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         raise NotImplementedError("tokbench answers generate_until tasks only (video QA); loglikelihood tasks are not supported")

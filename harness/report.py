@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.atomic_files import atomic_path, atomic_write
 from harness.config import SweepConfig
 from harness.groups import group_table, groups_markdown
 from harness.row import compare, reduce_share, tokdense
@@ -31,7 +32,7 @@ COLUMNS = [
 ]
 EXTRA_COLUMNS = [
     "p_value_vs_full", "reduce_share_of_saved_prefill", "accuracy_lmms_eval", "metric", "accuracy_by_group", "method_info",
-    "positions", "frames", "prompt_key", "status", "first_error", "cell_id",
+    "positions", "frames", "prompt_key", "status", "first_error", "cell_id", "host", "device", "world_size",
 ]
 MARKDOWN_COLUMNS = [
     "method", "budget", "n", "accuracy", "delta_vs_full", "agreement_with_full", "p_value_vs_full",
@@ -100,7 +101,8 @@ def plot(table: pd.DataFrame, x: str, path: Path, xlabel: str) -> None:
     if not ok.empty:  # an all-error table has no line to label
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)
     plt.close(figure)
 
 
@@ -109,12 +111,12 @@ def write_reports(config: SweepConfig) -> list[dict[str, Any]]:
     out = config.results_dir
     out.mkdir(parents=True, exist_ok=True)
     table = build_table(config)
-    table.to_csv(out / "leaderboard.csv", index=False)
-    (out / "leaderboard.md").write_text(markdown(table) + "\n")
+    atomic_write(out / "leaderboard.csv", table.to_csv(index=False))
+    atomic_write(out / "leaderboard.md", markdown(table) + "\n")
     groups = group_table(table, lambda cell_id: load_samples(out, cell_id))
-    groups.to_csv(out / "groups.csv", index=False)
+    atomic_write(out / "groups.csv", groups.to_csv(index=False))
     if not groups.empty:
-        (out / "groups.md").write_text(groups_markdown(groups))
+        atomic_write(out / "groups.md", groups_markdown(groups))
     if not table.empty:
         plot(table, "visual_tokens", out / "accuracy_vs_tokens.png", "visual tokens entering the LLM")
         plot(table, "tflops_paper", out / "accuracy_vs_flops.png", "prefill TFLOPs (paper convention)")

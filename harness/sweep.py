@@ -10,19 +10,24 @@ After every cell the leaderboard (CSV, Markdown) is rebuilt from all rows.
 A task must have a scorer in ``harness.scoring`` (else the sweep is refused before its first
 cell); a group task (mvbench) is one cell over all its subtasks; a judged task (activitynetqa)
 checks its judge before any sample runs. The row's columns are computed by ``harness.row``.
+Several workers can run one sweep together (``run_sweep``; cells are claimed through
+``harness.claims``), and a worker started under torchrun runs each cell data parallel.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from harness.atomic_files import atomic_write
+from harness.claims import DEFAULT_STALE_AFTER_S
 from harness.config import Cell, SweepConfig, check_tasks
 from harness.judge import check_judge
 from harness.row import measured_columns
@@ -36,14 +41,6 @@ from harness.scoring import (
 from harness.versions import versions
 
 _TASK_MANAGERS: dict[tuple[str, ...], Any] = {}
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def cell_row_path(config: SweepConfig, cell: Cell) -> Path:
@@ -108,7 +105,10 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
         fewshot_random_seed=config.seed,
         bootstrap_iters=0,
         verbosity="WARNING",
+        distributed_executor_backend="torchrun" if torch.distributed.is_initialized() else "accelerate",  # as lmms-eval's CLI
     )
+    if results is None:  # a rank other than 0 of a data-parallel cell: rank 0 builds the row
+        return {}
     samples = cell_samples(cell.task, results, lm.records)
     atomic_write(samples_path(config, cell), "".join(json.dumps(s, default=str) + "\n" for s in samples))
     ok = [s for s in samples if s["error"] is None]
@@ -172,26 +172,122 @@ def error_row(config: SweepConfig, cell: Cell, exc: BaseException) -> dict[str, 
     return row
 
 
-def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every unfinished cell; return all rows (finished earlier or now)."""
-    from harness.models import load_adapter
-    from harness.report import write_reports
+def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> list[dict[str, Any]]:
+    """Run every unfinished cell; return all rows (finished earlier or now).
+
+    Safe to start as several workers on one results folder (one per GPU or node): a worker
+    claims a cell before running it (``harness.claims``), so each cell runs once; when every
+    unfinished cell is claimed by a live worker it waits, and takes over the cell of a worker
+    that died (claim older than ``stale_after_s``, or its pid gone on this host). It returns
+    once every cell has a row. A worker that lost its claim (presumed dead, then came back)
+    does not write the row.
+
+    Started under torchrun / ``accelerate launch`` (``WORLD_SIZE`` > 1), the worker's ranks run
+    each cell data parallel through lmms-eval: rank 0 claims cells and announces each to the
+    other ranks (``_follow_cells``), lmms-eval splits its samples, and rank 0 writes the row.
+    """
+    from harness.claims import ClaimBoard
+    from harness.distributed import join_process_group
 
     check_tasks(config)
+    rank, world_size = join_process_group()
+    if rank != 0:
+        _follow_cells(config)
+        return []
+    board = ClaimBoard(config.results_dir / "claims", stale_after_s)
     cells = config.cells()
     adapters: dict[str, Any] = {}
-    bar = tqdm(cells, desc="cells", disable=not progress)
-    for cell in bar:
-        path = cell_row_path(config, cell)
-        if path.exists():
+    bar = tqdm(total=len(cells), desc="cells", disable=not progress)
+    while True:
+        pending = [cell for cell in cells if not cell_row_path(config, cell).exists()]
+        bar.n = len(cells) - len(pending)
+        bar.refresh()
+        if not pending:
+            break
+        cell, claim = next(((cell, c) for cell in pending if (c := board.try_claim(cell.cell_id)) is not None), (None, None))
+        if claim is None:  # all running elsewhere: wait for them, or for one to go stale
+            time.sleep(min(2.0, board.heartbeat_s))
             continue
-        bar.set_postfix_str(f"{cell.method} {cell.budget_label}")
+        with claim:
+            if cell_row_path(config, cell).exists():
+                continue  # finished by another worker between the listing and the claim
+            bar.set_postfix_str(f"{cell.method} {cell.budget_label}")
+            row = _run_claimed_cell(config, cell, adapters, world_size)
+            if not claim.still_mine():
+                print(f"tokbench sweep: worker {board.worker} lost its claim on {cell.cell_id} (presumed dead); row not written", file=sys.stderr)
+                continue
+            atomic_write(cell_row_path(config, cell), json.dumps(row, indent=1, default=str))
+        print(f"tokbench sweep: worker {board.worker} ran {cell.cell_id} ({row['status']})", file=sys.stderr)
+        write_complete_reports(config)
+    bar.close()
+    if world_size > 1:
+        _announce(None)  # the other ranks stop following
+    return write_complete_reports(config)
+
+
+def _adapter(config: SweepConfig, cell: Cell, adapters: dict[str, Any]):
+    """The cell's model, loaded once per worker, on this rank's own device."""
+    from harness.distributed import rank_device
+    from harness.models import load_adapter
+
+    if cell.model.name not in adapters:
+        adapters[cell.model.name] = load_adapter(cell.model.pretrained, device=rank_device(config.device), dtype=config.dtype)
+    return adapters[cell.model.name]
+
+
+def _run_claimed_cell(config: SweepConfig, cell: Cell, adapters: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """The cell's row, or its error row; records where it ran (host, device, world size)."""
+    if world_size > 1:
+        _announce(cell.cell_id)
+    try:
+        adapter = _adapter(config, cell, adapters)
+        row, device = run_cell(config, cell, adapter), str(adapter.device)
+    except Exception as exc:  # the failure becomes this cell's row; other cells still run
+        row, device = error_row(config, cell, exc), None
+    row.update({"host": socket.gethostname(), "device": device, "world_size": world_size})
+    return row
+
+
+def _announce(cell_id: str | None) -> str | None:
+    """Rank 0 sends the id of the cell it runs next (None: no more); the other ranks receive it."""
+    import torch.distributed as dist
+
+    box = [cell_id]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _follow_cells(config: SweepConfig) -> None:
+    """A rank other than 0 of a data-parallel worker: run every cell rank 0 announces, with it.
+
+    A cell's failure is recorded by rank 0 from its own run; a failure on one rank only (e.g.
+    out of memory on one GPU) leaves the others waiting in lmms-eval's collectives.
+    """
+    cells = {cell.cell_id: cell for cell in config.cells()}
+    adapters: dict[str, Any] = {}
+    while (cell_id := _announce(None)) is not None:
+        cell = cells[cell_id]
         try:
-            if cell.model.name not in adapters:
-                adapters[cell.model.name] = load_adapter(cell.model.pretrained, device=config.device, dtype=config.dtype)
-            row = run_cell(config, cell, adapters[cell.model.name])
-        except Exception as exc:  # the failure becomes this cell's row; other cells still run
-            row = error_row(config, cell, exc)
-        atomic_write(path, json.dumps(row, indent=1, default=str))
-        write_reports(config)
-    return write_reports(config)
+            run_cell(config, cell, _adapter(config, cell, adapters))
+        except Exception:  # rank 0 hits the same error and writes it into the row
+            continue
+
+
+def _rows_snapshot(config: SweepConfig) -> set[tuple[str, int]]:
+    return {(p.name, p.stat().st_mtime_ns) for p in (config.results_dir / "cells").glob("*.json")}
+
+
+def write_complete_reports(config: SweepConfig) -> list[dict[str, Any]]:
+    """Rebuild the leaderboard files until no row appeared or changed while they were built.
+
+    With several workers, the last one to write the files had seen every row written before it
+    checked, and any row written later is followed by its writer's own rebuild: the files left
+    behind are complete. Each file is replaced atomically, so readers never see half of one.
+    """
+    from harness.report import write_reports
+
+    while True:
+        before = _rows_snapshot(config)
+        rows = write_reports(config)
+        if _rows_snapshot(config) == before:
+            return rows
