@@ -32,7 +32,7 @@ COLUMNS = [
 ]
 EXTRA_COLUMNS = [
     "p_value_vs_full", "reduce_share_of_saved_prefill", "accuracy_lmms_eval", "metric", "accuracy_by_group", "method_info",
-    "positions", "frames", "prompt_key", "status", "first_error", "cell_id", "host", "device", "world_size",
+    "positions", "geometry", "frames", "prompt_key", "status", "first_error", "cell_id", "host", "device", "world_size",
 ]
 MARKDOWN_COLUMNS = [
     "method", "budget", "n", "accuracy", "delta_vs_full", "agreement_with_full", "p_value_vs_full",
