@@ -67,18 +67,18 @@ def cmd_flops(args: argparse.Namespace) -> None:
 def cmd_ask(args: argparse.Namespace) -> None:
     from harness.models.llava_onevision import LlavaOnevisionAdapter
     from harness.runner import Runner, measure_prefill_flops
-    from harness.video import load_frames
+    from harness.video import read_clip
     from methods.registry import build_reducer
 
     reducer = build_reducer(args.method, parse_params(args.param))
-    load_frames(args.video, args.frames)  # a bad video fails before the model loads
-    adapter = LlavaOnevisionAdapter(args.model, device=args.device)
+    clip = read_clip(args.video, args.frames)  # decoded once; a bad video fails before the model loads
+    adapter = LlavaOnevisionAdapter(args.model, device=args.device, dtype=args.dtype)
     runner = Runner(adapter, reducer, args.frames)
-    record = runner.answer(0, args.video, args.question, args.max_new_tokens)
+    record = runner.answer(0, clip, args.question, args.max_new_tokens)
     if record.error:
         raise MethodError(record.error)
     out: dict[str, Any] = record.to_json()
-    out["tflops_measured"] = measure_prefill_flops(runner, args.video, args.question) / 1e12
+    out["tflops_measured"] = measure_prefill_flops(runner, clip, args.question) / 1e12
     out["method"], out["params"] = reducer.name, reducer.describe_params()
     if args.json:
         print(json.dumps(out, indent=1, default=str))
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--frames", type=int, default=32)
     ask.add_argument("--max-new-tokens", type=int, default=64)
     ask.add_argument("--device", default="auto")
+    ask.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="auto: bfloat16 on CUDA, float32 on CPU"
+    )
     ask.add_argument("--json", action="store_true")
     ask.set_defaults(func=cmd_ask)
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.blocks import BLOCK_ELEMENTS, query_block
 from methods.base import MethodError, ReducedTokens, VideoTokens
 
 VIDEO_TOKEN = "<video>"
@@ -159,8 +160,9 @@ class LlavaOnevisionAdapter:
         x = F.interpolate(x, size=[math.ceil(h0 / 2), math.ceil(w0 / 2)], mode="bilinear")
         return x.permute(0, 2, 3, 1).contiguous()
 
-    def _encoder_attention(self, layer_input: torch.Tensor, pooled_grid: bool) -> torch.Tensor:
-        """Mean attention each patch receives in the encoder layer that produced the features."""
+    def _encoder_attention(self, layer_input: torch.Tensor, pooled_grid: bool, block_elements: int = BLOCK_ELEMENTS) -> torch.Tensor:
+        """Mean attention each patch receives in the encoder layer that produced the features,
+        computed in blocks of queries (``harness.blocks``)."""
         tower = self.model.model.vision_tower
         layers = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
         index = self._selected_layer(len(layers) + 1) - 1
@@ -170,8 +172,12 @@ class LlavaOnevisionAdapter:
         frames, tokens, _ = x.shape
         q = attn.q_proj(x).view(frames, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(frames, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
-        probs = torch.softmax((q @ k.transpose(-1, -2)).float() * attn.scale, dim=-1)
-        received = probs.mean(dim=1).mean(dim=1)  # [T, N0]: heads, then queries
+        received = torch.zeros(frames, tokens, dtype=torch.float32, device=x.device)
+        step = query_block(tokens, frames * attn.num_heads * tokens, block_elements)
+        for start in range(0, tokens, step):  # blocks of queries: never the [T, heads, N0, N0] tensor
+            scores = (q[:, :, start : start + step] @ k.transpose(-1, -2)).float() * attn.scale
+            received += torch.softmax(scores, dim=-1).sum(dim=(1, 2))
+        received /= attn.num_heads * tokens  # [T, N0]: mean over heads and queries
         side = int(math.isqrt(tokens))
         grid = received.view(frames, side, side, 1)
         if pooled_grid:
