@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from methods.base import MethodError
@@ -72,6 +73,8 @@ def cmd_ask(args: argparse.Namespace) -> None:
 
     reducer = build_reducer(args.method, parse_params(args.param))
     clip = read_clip(args.video, args.frames)  # decoded once; a bad video fails before the model loads
+    if Path(args.model).is_dir():  # so does a checkpoint the method cannot serve (the runner checks hub ids)
+        reducer.check_checkpoint(args.model)
     adapter = LlavaOnevisionAdapter(args.model, device=args.device, dtype=args.dtype)
     runner = Runner(adapter, reducer, args.frames)
     record = runner.answer(0, clip, args.question, args.max_new_tokens)
@@ -80,6 +83,7 @@ def cmd_ask(args: argparse.Namespace) -> None:
     out: dict[str, Any] = record.to_json()
     out["tflops_measured"] = measure_prefill_flops(runner, clip, args.question) / 1e12
     out["method"], out["params"] = reducer.name, reducer.describe_params()
+    out.update(adapter.describe())  # model, device, dtype
     if args.json:
         print(json.dumps(out, indent=1, default=str))
         return
