@@ -49,9 +49,15 @@ def registry_name(run: str) -> str:
 
 def build_checkpoint(out: Path, vision_layers: int, text_layers: int) -> Path:
     """A seeded random LLaVA-OV with the 0.5B widths (see the module docstring)."""
+    import torch
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from harness.models.tiny import TinySpec, build_config, build_tokenizer, save_checkpoint
+    from harness.models.tiny import (
+        TinySpec,
+        build_config,
+        build_tokenizer,
+        save_checkpoint,
+    )
 
     spec = TinySpec(
         image_size=384, patch_size=14, vision_hidden=1152, vision_layers=vision_layers, vision_heads=16,
@@ -62,8 +68,6 @@ def build_checkpoint(out: Path, vision_layers: int, text_layers: int) -> Path:
     config.vision_config.intermediate_size = 4304  # SigLIP so400m (TinySpec uses 2x hidden)
     config.vision_config.layer_norm_eps = 1e-6
     config.text_config.rope_parameters = {"rope_type": "default", "rope_theta": 1000000.0}
-    import torch
-
     torch.manual_seed(0)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = config.text_config.eos_token_id
@@ -136,7 +140,7 @@ def main() -> None:
     results = {}
     for run in args.runs.split(","):
         cmd = [sys.executable, __file__, "--worker", str(checkpoint), str(video), run, str(args.frames)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if done.returncode:
             results[run] = {"run": run, "error": done.stderr.strip().splitlines()[-1]}
         else:

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-import harness.video as video
+from harness import video
 from harness.video import read_clip
 
 
