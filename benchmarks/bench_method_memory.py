@@ -13,8 +13,8 @@ Each method runs in its own subprocess (default parameters; ``Runner.answer`` as
 runs it, 2 new tokens) on the same synthetic 32-frame clip. Two peaks per run, each over
 ``full``'s (target: within 1.2x):
 
-* the sample's peak: the process's ``ru_maxrss`` (here the vision tower's activations set it,
-  the same for every method);
+* the sample's peak: the process's peak resident set (``VmHWM``, what ``ru_maxrss`` reports;
+  read before the reset below and at the end, the larger of the two);
 * the peak from the reducer on: the kernel's peak resident set (``VmHWM``) is reset
   (``/proc/self/clear_refs``) when ``reduce_visual`` starts, so this peak covers reduction, the
   in-LLM step, prefill and decoding, which is where methods differ.
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -108,12 +107,13 @@ def worker(checkpoint: str, video: str, run: str, frames: int, params: dict[str,
     reduce_visual = reducer.reduce_visual
 
     def reset_then_reduce(video_tokens):
+        at_reduce["peak_before_mb"] = proc_status_mb("VmHWM")
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         at_reduce["rss_mb"] = proc_status_mb("VmRSS")
         return reduce_visual(video_tokens)
 
     reducer.reduce_visual = reset_then_reduce
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaded = proc_status_mb("VmHWM")
     started = time.perf_counter()
     record = runner.answer(0, video, "What is happening in the video?", 2)  # a path: older checkouts take it too
     seconds = time.perf_counter() - started
@@ -126,7 +126,7 @@ def worker(checkpoint: str, video: str, run: str, frames: int, params: dict[str,
         "seconds": seconds,
         "reduce_ms": record.reduce_ms,
         "loaded_mb": loaded,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": max(at_reduce.get("peak_before_mb", 0.0), proc_status_mb("VmHWM")),
         "rss_at_reduce_mb": at_reduce.get("rss_mb"),
         "peak_from_reduce_mb": proc_status_mb("VmHWM"),
     }
