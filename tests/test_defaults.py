@@ -125,7 +125,7 @@ def test_every_method_answers_on_the_shipped_checkpoints_with_no_parameters(ship
         assert record.method_info["rescale"] is True and record.method_info["random_weights"] is False
 
 
-def test_shipped_vq_checkpoint_token_dynamics_through_the_cli(shipped_clip, video_file, capsys):
+def test_shipped_vq_checkpoint_token_dynamics_through_the_cli(video_file, capsys):
     out = ask(capsys, "--model", str(VQ), "--video", video_file, "--method", "token_dynamics")
     assert out["error"] is None and out["method_info"]["rescale"] is True and out["tflops_measured"] > 0
 
