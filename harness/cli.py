@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from methods.base import MethodError
@@ -69,19 +70,23 @@ def cmd_flops(args: argparse.Namespace) -> None:
 def cmd_ask(args: argparse.Namespace) -> None:
     from harness.models import load_adapter
     from harness.runner import Runner, measure_prefill_flops
-    from harness.video import load_frames
+    from harness.video import check_video
     from methods.registry import build_reducer
 
     reducer = build_reducer(args.method, parse_params(args.param))
-    load_frames(args.video, args.frames)  # a bad video fails before the model loads
-    adapter = load_adapter(args.model, device=args.device)
+    check_video(args.video)  # a missing or unreadable video fails before the model loads
+    if Path(args.model).is_dir():  # so does a checkpoint the method cannot serve (the runner checks hub ids)
+        reducer.check_checkpoint(args.model)
+    adapter = load_adapter(args.model, device=args.device, dtype=args.dtype)
     runner = Runner(adapter, reducer, args.frames)
-    record = runner.answer(0, args.video, args.question, args.max_new_tokens)
+    clip = runner.clip(args.video)  # decoded once, for the answer and the FLOPs trace
+    record = runner.answer(0, clip, args.question, args.max_new_tokens)
     if record.error:
         raise MethodError(record.error)
     out: dict[str, Any] = record.to_json()
-    out["tflops_measured"] = measure_prefill_flops(runner, args.video, args.question) / 1e12
+    out["tflops_measured"] = measure_prefill_flops(runner, clip, args.question) / 1e12
     out["method"], out["params"] = reducer.name, reducer.describe_params()
+    out.update(adapter.describe())  # model, device, dtype
     if args.json:
         print(json.dumps(out, indent=1, default=str))
         return
@@ -170,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--frames", type=int, default=32)
     ask.add_argument("--max-new-tokens", type=int, default=64)
     ask.add_argument("--device", default="auto")
+    ask.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="auto: bfloat16 on CUDA, float32 on CPU"
+    )
     ask.add_argument("--json", action="store_true")
     ask.set_defaults(func=cmd_ask)
 

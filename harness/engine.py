@@ -25,6 +25,7 @@ import torch
 from transformers import DynamicCache
 from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
+from harness.blocks import BLOCK_ELEMENTS, query_block
 from harness.models.protocol import DecoderStack
 from methods.base import LayerView, MethodError, Reducer
 
@@ -80,14 +81,26 @@ def last_query_attention(layer: torch.nn.Module, hidden: torch.Tensor, cos: torc
     return torch.softmax(scores, dim=-1)[0, :, 0]
 
 
-def all_query_attention(layer: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Causal attention each key receives, averaged over all queries, per head: [H, S]."""
+def all_query_attention(
+    layer: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_elements: int = BLOCK_ELEMENTS
+) -> torch.Tensor:
+    """Causal attention each key receives, averaged over all queries, per head: [H, S].
+
+    Computed in blocks of queries (each block only against the keys it may see), so memory is
+    bounded by ``block_elements`` scores instead of the H x S x S attention.
+    """
     q, k, scaling = _queries_keys(layer, hidden, cos, sin, slice(None))
-    scores = (q.float() @ k.float().transpose(-1, -2)) * scaling
-    length = scores.shape[-1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril()
-    probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
-    return probs[0].mean(dim=1)
+    q, k = q[0].float(), k[0].float()  # [H, S, hd]
+    heads, length = q.shape[0], q.shape[1]
+    received = torch.zeros(heads, length, dtype=torch.float32, device=q.device)
+    step = query_block(length, heads * length, block_elements)
+    for start in range(0, length, step):
+        end = min(start + step, length)
+        scores = (q[:, start:end] @ k[:, :end].transpose(-1, -2)) * scaling  # [H, B, end]
+        rows = torch.arange(start, end, device=q.device)[:, None]
+        scores.masked_fill_(torch.arange(end, device=q.device)[None, :] > rows, float("-inf"))
+        received[:, :end] += torch.softmax(scores, dim=-1).sum(dim=1)
+    return received / length
 
 
 def _causal_mask(stack: DecoderStack, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:

@@ -1,5 +1,9 @@
 """One sample end to end: frames -> vision -> reduction -> prefill -> greedy decode, timed.
 
+The video is decoded once per sample: ``answer`` and ``measure_prefill_flops`` take a path or an
+already read ``VideoClip``. Both run the same prefill pipeline (``Runner.prepare``: vision tower,
+reducer, prompt splice, then ``engine.prefill``); the FLOPs trace wraps it, it does not copy it.
+
 ``Runner.answer`` returns a ``SampleRecord`` holding the answer and the sample's accounting
 (visual tokens entering the LLM and per layer, TTFT parts, decode speed, peak memory). Any
 failure (bad video, impossible budget, unservable model) is caught per sample and recorded
@@ -11,13 +15,15 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from harness import engine
-from harness.models.protocol import ModelAdapter
-from methods.base import Reducer
+from harness.models.protocol import ModelAdapter, PreparedPrompt
+from harness.video import VideoClip
+from methods.base import ReducedTokens, Reducer, VideoTokens
 
 
 @dataclass
@@ -28,6 +34,7 @@ class SampleRecord:
     visual_tokens: int | None = None
     visual_tokens_layer_avg: float | None = None
     prompt_tokens: int | None = None
+    video_frames: int | None = None  # frames the video has (below the frames sampled: frames repeat)
     vision_ms: float | None = None
     reduce_ms: float | None = None
     prefill_ms: float | None = None
@@ -39,6 +46,17 @@ class SampleRecord:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class PrefillInputs:
+    """One sample through vision and reduction, spliced into the prompt: what prefill consumes."""
+
+    video: VideoTokens
+    reduced: ReducedTokens
+    prepared: PreparedPrompt
+    vision_ms: float
+    reduce_ms: float
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -58,6 +76,7 @@ class Runner:
         self.stack = adapter.decoder()
         self.layers = self.stack.num_layers
         engine.check_plan(reducer, self.layers)
+        reducer.check_checkpoint(adapter.checkpoint_dir)
 
     def _sync(self) -> None:
         if self.adapter.device.type == "cuda":
@@ -70,23 +89,35 @@ class Runner:
         self._sync()
         return value, (time.perf_counter() - start) * 1000
 
-    @torch.inference_mode()
-    def answer(self, doc_id: Any, video_path: str, context: str, max_new_tokens: int, until: list[str] | None = None) -> SampleRecord:
-        try:
-            return self._answer(doc_id, video_path, context, max_new_tokens, until or [])
-        except Exception as exc:  # recorded per sample; the sweep counts it as an error
-            return SampleRecord(doc_id=doc_id, answer=None, error=f"{exc.__class__.__name__}: {exc}")
+    def clip(self, video: str | Path | VideoClip) -> VideoClip:
+        """The sample's frames: read once from a path (by the adapter, as the family's lmms-eval
+        reference model samples them), or the clip already read."""
+        return video if isinstance(video, VideoClip) else self.adapter.read_video(str(video), self.max_frames_num)
 
-    def _answer(self, doc_id, video_path, context, max_new_tokens, until) -> SampleRecord:
+    def prepare(self, pixels: torch.Tensor, prompt: str) -> PrefillInputs:
+        """The prefill pipeline up to the LLM: vision tower, reducer, prompt splice (timed)."""
         adapter = self.adapter
-        if adapter.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(adapter.device)
-        frames, plan = adapter.read_video(video_path, self.max_frames_num)
-        prompt = adapter.build_prompt(context, plan)
-        pixels = adapter.pixel_values(frames)
         video, vision_ms = self._timed(lambda: adapter.encode_video(pixels))
         reduced, reduce_ms = self._timed(lambda: self.reducer.reduce_visual(video))
         prepared = adapter.prepare_prompt(prompt, reduced, video, self.reducer.position_policy_used)
+        return PrefillInputs(video, reduced, prepared, vision_ms, reduce_ms)
+
+    @torch.inference_mode()
+    def answer(
+        self, doc_id: Any, video: str | Path | VideoClip, context: str, max_new_tokens: int, until: list[str] | None = None
+    ) -> SampleRecord:
+        try:
+            return self._answer(doc_id, video, context, max_new_tokens, until or [])
+        except Exception as exc:  # recorded per sample; the sweep counts it as an error
+            return SampleRecord(doc_id=doc_id, answer=None, error=f"{exc.__class__.__name__}: {exc}")
+
+    def _answer(self, doc_id, video, context, max_new_tokens, until) -> SampleRecord:
+        adapter = self.adapter
+        if adapter.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(adapter.device)
+        clip = self.clip(video)
+        inputs = self.prepare(adapter.pixel_values(clip.frames), adapter.build_prompt(context, clip.plan))
+        prepared = inputs.prepared
         self._sync()
         started = time.perf_counter()
         generation = engine.generate(
@@ -106,17 +137,18 @@ class Runner:
         return SampleRecord(
             doc_id=doc_id,
             answer=text,
-            visual_tokens=reduced.count,
+            visual_tokens=inputs.reduced.count,
             visual_tokens_layer_avg=sum(counts) / len(counts),
             prompt_tokens=prepared.prompt_tokens,
-            vision_ms=vision_ms,
-            reduce_ms=reduce_ms,
+            video_frames=clip.total_frames,
+            vision_ms=inputs.vision_ms,
+            reduce_ms=inputs.reduce_ms,
             prefill_ms=prefill_ms,
             decode_tok_s=generation.decode_tokens_per_second,
             output_tokens=len(generation.token_ids),
             peak_mem_mb=peak_memory_mb(adapter.device),
             layer_counts=counts,
-            method_info={**reduced.info, **generation.prefill.info},
+            method_info={**inputs.reduced.info, **generation.prefill.info},
         )
 
 
@@ -129,7 +161,7 @@ def truncate_at(text: str, until: list[str]) -> str:
 
 
 class _TracedPrefill(torch.nn.Module):
-    """The prefill of one sample as a module, so fvcore can trace vision, reducer and LLM."""
+    """``Runner.prepare`` + ``engine.prefill`` as a module, so fvcore can trace the whole prefill."""
 
     def __init__(self, runner: Runner, prompt: str):
         super().__init__()
@@ -139,18 +171,16 @@ class _TracedPrefill(torch.nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         runner = self.runner
-        video = runner.adapter.encode_video(pixels)
-        reduced = runner.reducer.reduce_visual(video)
-        prepared = runner.adapter.prepare_prompt(self.prompt, reduced, video, runner.reducer.position_policy_used)
+        prepared = runner.prepare(pixels, self.prompt).prepared
         result = engine.prefill(runner.stack, prepared.embeds, prepared.position_ids, prepared.visual_span, runner.reducer, use_cache=False)
         return result.logits
 
 
-def measure_prefill_flops(runner: Runner, video_path: str, context: str) -> int:
+def measure_prefill_flops(runner: Runner, video: str | Path | VideoClip, context: str) -> int:
     """fvcore-measured FLOPs of one sample's prefill (vision tower, reducer, LLM)."""
     from harness.flops import count_flops
 
-    frames, plan = runner.adapter.read_video(video_path, runner.max_frames_num)
-    pixels = runner.adapter.pixel_values(frames)
+    clip = runner.clip(video)
+    pixels = runner.adapter.pixel_values(clip.frames)
     with torch.no_grad():
-        return count_flops(_TracedPrefill(runner, runner.adapter.build_prompt(context, plan)), (pixels,))
+        return count_flops(_TracedPrefill(runner, runner.adapter.build_prompt(context, clip.plan)), (pixels,))

@@ -173,6 +173,10 @@ class Reducer:
     def validate(self) -> None:
         """Check parameter combinations; raise MethodError with a one-line reason."""
 
+    def check_checkpoint(self, checkpoint_dir: str | None) -> None:
+        """Refuse, before any model work, a checkpoint this method cannot serve (e.g. without the
+        learned weights it needs); called once when a runner is built. The default accepts all."""
+
     def reduce_visual(self, video: VideoTokens) -> ReducedTokens:
         """Pre-LLM reduction. The default keeps every token (used by in-LLM-only methods)."""
         return keep_all(video)

@@ -63,6 +63,9 @@ Deliberately different:
   code the span includes OV's video newline token, which can be dropped or merged.
 * Models with the ``grid`` newline layout (LLaVA-Video as ``llava_vid`` runs it) get the
   official ``grid`` output of the outer stage (newline after each non-empty row).
+* K when not given (``K=auto``): the official scripts' K for the depths they ran (18 of
+  Qwen2-7B's 28 layers, 60 of Qwen2-72B's 80), otherwise round(18/28 of the LLM's depth)
+  (15 of 0.5B's 24, 3 of the tiny model's 4); the row's ``method_info`` records the K used.
 """
 
 from __future__ import annotations
@@ -694,6 +697,15 @@ def default_tau(retain: float) -> float:
 
 
 DEFAULT_RETAIN = 0.10
+PAPER_LAYERS = {28: 18, 80: 60}  # the official scripts' K: Qwen2-7B (LLaVA-OV/Video-7B), Qwen2-72B
+
+
+def paper_layer(num_layers: int) -> int:
+    """K when not given: the official K for the depths the paper ran, else 18/28 of the depth."""
+    if num_layers < 2:
+        raise MethodError(f"holitom: the inner merge needs an LLM of at least 2 layers, not {num_layers}")
+    layer = PAPER_LAYERS.get(num_layers, round(num_layers * 18 / 28))
+    return min(max(layer, 1), num_layers - 1)
 
 
 @register("holitom")
@@ -707,7 +719,7 @@ class HoliTom(Reducer):
         ParamSpec("beta", float, 0.6, "weight of a cluster centre against the mean of its members"),
         ParamSpec("knn", int, 7, "neighbours for the DPC density (capped by the cluster count)"),
         ParamSpec("inner", bool, True, "also merge inside the LLM at layer K"),
-        ParamSpec("K", int, 18, "layer at whose input the inner merge runs (attention from layer K-1)"),
+        ParamSpec("K", int, "auto", "layer at whose input the inner merge runs (attention from layer K-1); auto: the paper's K for the LLM's depth"),
         ParamSpec("r", float, 0.5, "fraction of visual tokens pruned (merged) at layer K"),
         ParamSpec("noise", bool, True, "add the official 1e-6 density noise (seeded)"),
         ParamSpec("seed", int, 0, "seed of the density noise"),
@@ -716,11 +728,13 @@ class HoliTom(Reducer):
     def validate(self) -> None:
         v = self.values
         for name in ("max_window", "knn", "K", "seed"):
+            if name == "K" and v[name] == "auto":
+                continue
             if not isinstance(v[name], int) or isinstance(v[name], bool):
                 raise MethodError(f"holitom: {name}={v[name]!r} must be an integer")
         if v["max_window"] < 1 or v["knn"] < 1:
             raise MethodError("holitom: max_window and knn must be at least 1")
-        if v["K"] < 1:
+        if v["K"] != "auto" and v["K"] < 1:
             raise MethodError(f"holitom: K={v['K']} must be at least 1 (the score comes from layer K-1)")
         if not 0.0 <= v["beta"] <= 1.0:
             raise MethodError(f"holitom: beta={v['beta']} must be in [0, 1]")
@@ -785,6 +799,8 @@ class HoliTom(Reducer):
     def in_llm_layer(self, num_layers: int) -> int | None:
         if not self.values["inner"]:
             return None
+        if self.values["K"] == "auto":
+            return paper_layer(num_layers)
         if self.values["K"] >= num_layers:
             raise MethodError(f"holitom: K={self.values['K']} is beyond the LLM's {num_layers} layers")
         return self.values["K"]
@@ -793,7 +809,8 @@ class HoliTom(Reducer):
         start, end = view.visual_span
         scores = last_query_scores(view.last_query_attention, view.visual_span)
         merge = inner_merge(view.hidden[start:end][None], scores, self.values["r"])
-        return InLLMDecision(keep=merge.keep, hidden=merge.hidden[0], info={"inner_kept": int(merge.keep.numel())})
+        info = {"inner_kept": int(merge.keep.numel()), "K": view.layer}  # K resolved (K=auto) for the row
+        return InLLMDecision(keep=merge.keep, hidden=merge.hidden[0], info=info)
 
     def token_schedule(self, visual_tokens: int, num_layers: int) -> list[tuple[int, int]]:
         outer = python_round(self.retain_ratio(visual_tokens) * visual_tokens)

@@ -5,7 +5,8 @@ aspect ratio); when the budget is below one token per frame, frames are also poo
 (consecutive frames averaged into ``budget`` groups, each pooled to one token). LLaVA-OV's own
 2x2 bilinear pooling (729 -> 196 per frame) is this method with ``mode=bilinear`` applied to the
 un-pooled grid; here it starts from the model's default (already pooled) grid unless
-``source=unpooled``. Positions: each pooled token names the grid cell under its centre in the
+``source=unpooled``; either way ``retain``/``tokens`` count against the model's default visual
+tokens (the pooled grid), so a budget means the same token count for every source. Positions: each pooled token names the grid cell under its centre in the
 first frame of its group. The newline token is appended once, as the model does for video.
 """
 
@@ -62,7 +63,9 @@ class UniformPool(Reducer):
     def reduce_visual(self, video: VideoTokens) -> ReducedTokens:
         grid = video.features if self.values["source"] == "pooled" else video.unpooled()
         frames, height, width, dim = (int(size) for size in grid.shape)
-        budget = self.budget.count(frames * height * width) if self.budget.is_set else frames * height * width
+        # the budget counts against the model's default visual tokens, whichever grid is pooled
+        default = video.grid_token_count
+        budget = min(self.budget.count(default), frames * height * width) if self.budget.is_set else default
         if budget >= frames:
             size = spatial_shape(height, width, budget / frames)
             pooled = pool_frames(grid, size, self.values["mode"]).reshape(-1, dim)

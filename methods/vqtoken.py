@@ -51,7 +51,7 @@ Different, and why:
   instead of the global RNG (deterministic per video).
 * Zero tokens stay zero instead of NaN; empty clusters (duplicate seeds, fewer distinct
   tokens than K) are dropped instead of being sent as zero vectors (``info['k_used']``).
-* ``rescale=true`` (off by default, as released) scales every codebook entry to the mean
+* ``rescale=true`` (off by default in centroids mode, as released) scales every codebook entry to the mean
   norm of the input tokens: codebook entries are means of unit vectors (norm <= 1) while
   the LLM was trained on projector outputs of much larger norm; the released checkpoint was
   fine-tuned on the small-norm codebook, an off-the-shelf one was not. In attention mode the
@@ -59,8 +59,10 @@ Different, and why:
   (cluster ids cast to float, magnitudes up to K) swamp the unit-norm memory after the
   residual, and our small-scale fine-tune kept its answer loss at chance (ln 4 on the letter)
   for 400 steps; with the memory rescaled it left chance within 300 steps. Weights record
-  which scale they were trained on (``rescaled_memory`` in the safetensors metadata) and the
-  reducer refuses the other one.
+  which scale they were trained on (``rescaled_memory`` in the safetensors metadata): in
+  attention mode ``rescale`` defaults to that record, and an explicit other value is refused.
+  Missing weights and a contradicting ``rescale`` are refused before any model work
+  (``check_checkpoint``, called when the runner is built) and again before clustering.
 * The attention module uses ``batch_first`` and LayerNorm scales initialised to 1 (the
   released init draws them from U(-0.01, 0.01), fixed upstream); its state-dict keys are the
   released ones (``to_q_proj.*``, ``transformer_decoder.layers.0.*``; a
@@ -232,7 +234,13 @@ def vq_params(default_mode: str) -> tuple[ParamSpec, ...]:
         ParamSpec("max_iter", int, 100, "k-means iterations per fit"),
         ParamSpec("tol", float, 1e-4, "k-means stop: Frobenius shift of the centroids below tol"),
         ParamSpec("seed", int, 0, "seed of the k-means++ draws (and of random attention weights)"),
-        ParamSpec("rescale", bool, False, "scale codebook entries to the mean input-token norm (before VQ-Attention in mode=attention)"),
+        ParamSpec(
+            "rescale",
+            bool,
+            None,
+            "scale codebook entries to the mean input-token norm (before VQ-Attention in mode=attention); "
+            "default: what the VQ-Attention weights record in mode=attention, else false",
+        ),
     )
 
 
@@ -324,18 +332,53 @@ class _VQTokenBase(Reducer):
         elif self.values["allow_random_weights"]:
             module, random_weights = VQAttention(grid_tokens, dim), True
             module.reset_parameters(seeded_generator(self.values["seed"]))
-            module.eval()
+            module.eval().requires_grad_(False)  # inference weights, as loaded ones (fvcore traces them as constants)
         else:
-            raise MethodError(
-                f"{self.name}: mode=attention needs trained VQ-Attention weights ({VQ_ATTENTION_FILE}), "
-                f"not found in {directory}; train them, use mode=centroids, or set allow_random_weights=true"
-            )
+            raise self._no_weights(directory)
         self._attention = (module, random_weights)
         return self._attention
 
-    def _attend(
-        self, video: VideoTokens, index_map: torch.Tensor, codebook: torch.Tensor, cap: int | None, info: dict[str, Any]
-    ) -> torch.Tensor:
+    def _no_weights(self, directory: str | None) -> MethodError:
+        return MethodError(
+            f"{self.name}: mode=attention needs trained VQ-Attention weights ({VQ_ATTENTION_FILE}), "
+            f"not found in {directory}; train them, use mode=centroids, or set allow_random_weights=true"
+        )
+
+    def _check_rescale(self, rescaled_memory: bool) -> None:
+        """An explicit ``rescale`` must be the one the weights were trained with."""
+        given = self.values["rescale"]
+        if given is not None and given != rescaled_memory:
+            trained = str(rescaled_memory).lower()
+            raise MethodError(
+                f"{self.name}: these VQ-Attention weights were trained with rescale={trained}; "
+                f"run with rescale={trained} (or leave rescale unset)"
+            )
+
+    def check_checkpoint(self, checkpoint_dir: str | None) -> None:
+        """Before any model work: mode=attention needs weights in the checkpoint (or random ones
+        allowed), and an explicit ``rescale`` must match their metadata (read without the weights)."""
+        if self.values["mode"] != "attention" or self._attention is not None:
+            return
+        path = Path(checkpoint_dir) / VQ_ATTENTION_FILE if checkpoint_dir is not None else None
+        if path is not None and path.is_file():
+            with safe_open(str(path), framework="pt") as handle:
+                self._check_rescale((handle.metadata() or {}).get("rescaled_memory") == "1")
+        elif not self.values["allow_random_weights"]:
+            raise self._no_weights(checkpoint_dir)
+
+    def _resolved_attention(self, video: VideoTokens, dim: int, grid_tokens: int) -> tuple[VQAttention | None, bool, bool]:
+        """Before any clustering: the VQ-Attention module (mode=attention, else None), whether its
+        weights are random, and the ``rescale`` to use (given, else what the weights record)."""
+        given = self.values["rescale"]
+        if self.values["mode"] != "attention":
+            return None, False, bool(given)
+        module, random_weights = self._attention_module(video, dim, grid_tokens)
+        if random_weights:
+            return module, True, bool(given)
+        self._check_rescale(module.rescaled_memory)
+        return module, False, module.rescaled_memory
+
+    def _attend(self, module: VQAttention, index_map: torch.Tensor, codebook: torch.Tensor, cap: int | None) -> torch.Tensor:
         frames, codes = index_map.shape[0], codebook.shape[0]
         length = max(frames, codes)
         if cap is not None and length > cap:
@@ -343,13 +386,6 @@ class _VQTokenBase(Reducer):
                 f"{self.name}: mode=attention outputs max(T, K) = max({frames}, {codes}) = {length} tokens, "
                 f"above the budget of {cap}"
             )
-        module, random_weights = self._attention_module(video, codebook.shape[1], index_map.shape[1])
-        if not random_weights and module.rescaled_memory != self.values["rescale"]:
-            raise MethodError(
-                f"{self.name}: these VQ-Attention weights were trained with rescale={module.rescaled_memory}; "
-                f"run with rescale={str(module.rescaled_memory).lower()}"
-            )
-        info["random_weights"] = random_weights
         module = module.to(codebook.device)
         with torch.set_grad_enabled(module.training and torch.is_grad_enabled()):
             return module(index_map.float(), codebook)
@@ -357,6 +393,7 @@ class _VQTokenBase(Reducer):
     def reduce_visual(self, video: VideoTokens) -> ReducedTokens:
         grid = video.unpooled()
         frames, dim = int(grid.shape[0]), int(grid.shape[-1])
+        module, random_weights, rescale = self._resolved_attention(video, dim, int(grid.shape[1] * grid.shape[2]))
         x = grid.reshape(-1, dim).float()
         if not torch.isfinite(x).all():
             raise MethodError(f"{self.name}: visual features contain NaN or inf")
@@ -373,14 +410,16 @@ class _VQTokenBase(Reducer):
             "k_used": codebook.shape[0],
             "mode": v["mode"],
             "rule": v["rule"] if adaptive else "fixed",
+            "rescale": rescale,
         }
         if adaptive:
             info["candidates"] = [ks[0], ks[-1]]
             info["flops_tokens"] = f"token_schedule counts k_max={ks[-1]}, the upper bound of the adaptive K"
-        if v["rescale"]:
+        if rescale:
             codebook = rescale_rows(codebook, x.norm(dim=1).mean())
-        if v["mode"] == "attention":
-            tokens = self._attend(video, labels.view(frames, -1), codebook, cap, info)
+        if module is not None:
+            info["random_weights"] = random_weights
+            tokens = self._attend(module, labels.view(frames, -1), codebook, cap)
         else:
             tokens = codebook
         embeddings = tokens.to(video.features.dtype)

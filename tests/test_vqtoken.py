@@ -211,15 +211,44 @@ def test_trained_weights_round_trip_and_are_loaded_from_the_checkpoint(tmp_path)
     assert (tmp_path / VQ_ATTENTION_FILE).is_file()
 
 
-def test_weights_trained_on_a_rescaled_codebook_demand_rescale(tmp_path):
+def test_weights_trained_on_a_rescaled_codebook_set_the_default_and_refuse_the_other(tmp_path):
     module = VQAttention(25, DIM, rescaled_memory=True)
     module.reset_parameters(seeded_generator(9))
     save_vq_attention(module, tmp_path)
     assert load_vq_attention(tmp_path, DIM, 25).rescaled_memory is True
     with pytest.raises(MethodError, match="run with rescale=true"):
-        build_reducer("token_dynamics", {"k": 4}).reduce_visual(video(checkpoint_dir=str(tmp_path)))
-    out = build_reducer("token_dynamics", {"k": 4, "rescale": True}).reduce_visual(video(checkpoint_dir=str(tmp_path)))
-    assert out.info["random_weights"] is False
+        build_reducer("token_dynamics", {"k": 4, "rescale": "false"}).reduce_visual(video(checkpoint_dir=str(tmp_path)))
+    with pytest.raises(MethodError, match="run with rescale=true"):
+        build_reducer("token_dynamics", {"k": 4, "rescale": "false"}).check_checkpoint(str(tmp_path))
+    default = build_reducer("token_dynamics", {"k": 4}).reduce_visual(video(checkpoint_dir=str(tmp_path)))
+    given = build_reducer("token_dynamics", {"k": 4, "rescale": True}).reduce_visual(video(checkpoint_dir=str(tmp_path)))
+    assert default.info["random_weights"] is False and default.info["rescale"] is True
+    assert torch.equal(default.embeddings, given.embeddings)
+    centroids = build_reducer("vqtoken", {"k": 4}).reduce_visual(video(checkpoint_dir=str(tmp_path)))
+    assert centroids.info["rescale"] is False  # the weights' record applies to attention mode only
+
+
+def test_attention_mode_refuses_before_clustering(monkeypatch):
+    import methods.vqtoken as vq
+
+    def no_clustering(*args, **kwargs):
+        raise AssertionError("clustered before checking the weights")
+
+    monkeypatch.setattr(vq, "kmeans", no_clustering)
+    monkeypatch.setattr(vq, "adaptive_kmeans", no_clustering)
+    with pytest.raises(MethodError, match="needs trained VQ-Attention weights"):
+        build_reducer("token_dynamics").reduce_visual(video())
+    with pytest.raises(MethodError, match="needs trained VQ-Attention weights"):
+        build_reducer("vqtoken", {"mode": "attention"}).check_checkpoint(None)
+    build_reducer("token_dynamics", {"allow_random_weights": True}).check_checkpoint(None)
+    build_reducer("vqtoken").check_checkpoint(None)
+
+
+def test_random_attention_weights_are_inference_weights():
+    reducer = build_reducer("token_dynamics", {"k": 4, "allow_random_weights": True})
+    reducer.reduce_visual(video())
+    module, random_weights = reducer._attention
+    assert random_weights and not any(p.requires_grad for p in module.parameters())
 
 
 def test_registry_names_share_code_and_differ_in_mode():

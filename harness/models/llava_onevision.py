@@ -36,8 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.blocks import BLOCK_ELEMENTS, query_block
 from harness.models.geometry import GEOMETRIES, LLAVA_ONEVISION, LLAVA_VID, FramePlan, detect_geometry, llava_vid_frame_plan, time_instruction
 from harness.models.protocol import DecoderStack, PreparedPrompt, resolve_device, resolve_dtype
+from harness.video import VideoClip, VideoError, read_clip
 from methods.seam import MethodError, ReducedTokens, VideoTokens
 
 VIDEO_TOKEN = "<video>"
@@ -82,11 +84,9 @@ class LlavaOnevisionAdapter:
     def geometry_name(self) -> str:
         return self.geometry.name
 
-    def read_video(self, path: str, max_frames_num: int) -> tuple[np.ndarray, FramePlan | None]:
+    def read_video(self, path: str, max_frames_num: int) -> VideoClip:
         """Frames as lmms-eval's llava_hf samples them (uniform over the video); no timing plan."""
-        from harness.video import load_frames
-
-        return load_frames(path, max_frames_num), None
+        return read_clip(path, max_frames_num)
 
     def build_prompt(self, context: str, plan: FramePlan | None = None) -> str:
         """The chat prompt lmms-eval's llava_hf builds for a video question (``plan`` is not used:
@@ -155,8 +155,9 @@ class LlavaOnevisionAdapter:
         x = F.interpolate(x, size=[math.ceil(h0 / 2), math.ceil(w0 / 2)], mode="bilinear")
         return x.permute(0, 2, 3, 1).contiguous()
 
-    def _encoder_attention(self, layer_input: torch.Tensor, pooled_grid: bool) -> torch.Tensor:
-        """Mean attention each patch receives in the encoder layer that produced the features."""
+    def _encoder_attention(self, layer_input: torch.Tensor, pooled_grid: bool, block_elements: int = BLOCK_ELEMENTS) -> torch.Tensor:
+        """Mean attention each patch receives in the encoder layer that produced the features,
+        computed in blocks of queries (``harness.blocks``)."""
         tower = self.model.model.vision_tower
         layers = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
         index = self._selected_layer(len(layers) + 1) - 1
@@ -166,8 +167,12 @@ class LlavaOnevisionAdapter:
         frames, tokens, _ = x.shape
         q = attn.q_proj(x).view(frames, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(frames, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
-        probs = torch.softmax((q @ k.transpose(-1, -2)).float() * attn.scale, dim=-1)
-        received = probs.mean(dim=1).mean(dim=1)  # [T, N0]: heads, then queries
+        received = torch.zeros(frames, tokens, dtype=torch.float32, device=x.device)
+        step = query_block(tokens, frames * attn.num_heads * tokens, block_elements)
+        for start in range(0, tokens, step):  # blocks of queries: never the [T, heads, N0, N0] tensor
+            scores = (q[:, :, start : start + step] @ k.transpose(-1, -2)).float() * attn.scale
+            received += torch.softmax(scores, dim=-1).sum(dim=(1, 2))
+        received /= attn.num_heads * tokens  # [T, N0]: mean over heads and queries
         side = int(math.isqrt(tokens))
         grid = received.view(frames, side, side, 1)
         if pooled_grid:
@@ -271,18 +276,19 @@ class LlavaVideoAdapter(LlavaOnevisionAdapter):
     def geometry_name(self) -> str:
         return self.geometry.name
 
-    def read_video(self, path: str, max_frames_num: int) -> tuple[np.ndarray, FramePlan]:
+    def read_video(self, path: str, max_frames_num: int) -> VideoClip:
         """llava_vid's reader (decord, its default ``video_decode_backend``) with its frame plan."""
         from decord import VideoReader, cpu
 
-        from harness.video import VideoError
-
+        if Path(path).is_dir():  # a folder of frames has no fps: uniform sampling, no timing plan
+            return read_clip(path, max_frames_num)
         if not Path(path).is_file():
             raise VideoError(f"video file not found: {path}")
         try:
             reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
             plan = self.frame_plan(len(reader), reader.get_avg_fps(), max_frames_num)
-            return reader.get_batch(plan.indices).asnumpy(), plan
+            frames = reader.get_batch(plan.indices).asnumpy()
+            return VideoClip(frames, np.asarray(plan.indices), len(reader), plan)
         except Exception as exc:  # decord raises its own error types for corrupt containers
             raise VideoError(f"cannot decode video {path}: {exc.__class__.__name__}: {exc}") from None
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from harness.video import VideoClip
 from methods.seam import ReducedTokens, VideoTokens
 
 
@@ -67,9 +68,9 @@ class ModelAdapter(Protocol):
     geometry_name: str
     """The video geometry the adapter feeds (recorded in each row), e.g. ``llava_vid``."""
 
-    def read_video(self, path: str, max_frames_num: int) -> tuple[np.ndarray, Any]:
-        """The frames the family's lmms-eval reference model samples, uint8 [T, H, W, 3], and the
-        timing plan its prompt may need (None when it needs none)."""
+    def read_video(self, path: str, max_frames_num: int) -> VideoClip:
+        """The frames the family's lmms-eval reference model samples (``VideoClip.frames``, uint8
+        [T, H, W, 3]), with the timing plan its prompt may need (``VideoClip.plan``, else None)."""
 
     def build_prompt(self, context: str, plan: Any = None) -> str:
         """The chat prompt the family's lmms-eval reference model builds, with one video slot."""
@@ -88,6 +89,9 @@ class ModelAdapter(Protocol):
     def stop_token_ids(self) -> set[int]: ...
 
     def decode(self, token_ids: list[int]) -> str: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What the row and ``tokbench ask`` report of the loaded model: model, device, dtype, geometry."""
 
     def text_dims(self) -> dict[str, int]:
         """LLM depth and widths for the paper FLOPs: ``layers``, ``hidden``, ``ffn``."""

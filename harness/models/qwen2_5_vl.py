@@ -41,6 +41,7 @@ from harness.models.protocol import (
     resolve_device,
     resolve_dtype,
 )
+from harness.video import VideoClip, read_clip
 from methods.seam import MethodError, ReducedTokens, VideoTokens
 
 SYSTEM_PROMPT = "You are a helpful assistant."  # lmms-eval qwen2_5_vl's default system_prompt
@@ -73,11 +74,9 @@ class Qwen2_5_VLAdapter:
         self.second_per_grid_t = 1.0  # replaced by the processor's value for each video
 
     # -- prompt -------------------------------------------------------------------------
-    def read_video(self, path: str, max_frames_num: int) -> tuple[np.ndarray, None]:
+    def read_video(self, path: str, max_frames_num: int) -> VideoClip:
         """``max_frames_num`` frames sampled uniformly over the video (no timing plan)."""
-        from harness.video import load_frames
-
-        return load_frames(path, max_frames_num), None
+        return read_clip(path, max_frames_num)
 
     def build_prompt(self, context: str, plan: None = None) -> str:
         """The chat prompt lmms-eval's qwen2_5_vl builds for one video and a question."""
@@ -88,6 +87,9 @@ class Qwen2_5_VLAdapter:
         if self.processor.chat_template is None:
             raise MethodError(f"the processor of {self.pretrained} has no chat template")
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.pretrained, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "geometry": self.geometry_name}
 
     def stop_token_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
