@@ -290,8 +290,9 @@ def test_llava_vid_sample_runs_end_to_end_with_its_frame_plan_and_time_instructi
 
     adapter = open_llava_adapter(tiny_checkpoint, geometry="llava_vid", add_time_instruction=True, device="cpu")
     path = write_video(tmp_path / "clip.mp4", _frames(24, size=40), fps=8)  # 3 s at 8 fps: llava_vid takes 1 frame per second
-    frames, plan = adapter.read_video(path, 16)
-    assert plan.indices == [0, 8, 16] and len(frames) == 3
+    clip = adapter.read_video(path, 16)
+    plan = clip.plan
+    assert plan.indices == [0, 8, 16] and len(clip.frames) == 3 and clip.total_frames == 24
     prompt = adapter.build_prompt(QUESTION, plan)
     assert time_instruction(plan) in prompt and prompt.count("<video>") == 1
     record = Runner(adapter, build_reducer("full"), 16).answer(0, path, QUESTION, 2)
