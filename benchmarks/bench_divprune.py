@@ -11,8 +11,8 @@ Measured (best of ``--repeats`` interleaved rounds, ``--threads`` threads):
 * ``official loop``: a straight re-implementation, in this file, of the released loop
   (``LLaVA/llava/model/llava_arch.py`` 152-171): ``C = 1 - S``, top-2 over every column, then
   for step i a re-gather of the i selected rows and a column minimum: O(M^2 N);
-* ``our loop``: ``methods.divprune.greedy_max_min`` on the same similarity matrix;
-* ``our call``: ``methods.divprune.divprune_select`` end to end (normalise, matmul, select).
+* ``our loop``: ``tokbench.methods.divprune.greedy_max_min`` on the same similarity matrix;
+* ``our call``: ``tokbench.methods.divprune.divprune_select`` end to end (normalise, matmul, select).
 
 Checks: identical selections, in the same order. Reports (a) official loop / our loop
 (target >= 10x) and (b) our call / matmul (target <= 1.2x). Prints a table; writes JSON to
@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
-from methods.divprune import (
+from tokbench.methods.divprune import (
     cosine_similarity_matrix,
     divprune_select,
     greedy_max_min,
 )
-from methods.base import l2_normalize
+from tokbench.methods.base import l2_normalize
 
 TOKENS_PER_FRAME = 196
 

@@ -1,4 +1,4 @@
-"""Benchmark: HoliTom's outer stage (``methods.holitom.outer_stage``) against the official loop
+"""Benchmark: HoliTom's outer stage (``tokbench.methods.holitom.outer_stage``) against the official loop
 structure.
 
 The reference below is a plain re-implementation, written for this benchmark, of how the
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from methods import holitom as ht
+from tokbench.methods import holitom as ht
 
 GRID = 14
 

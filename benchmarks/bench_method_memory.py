@@ -59,7 +59,7 @@ def build_checkpoint(out: Path, vision_layers: int, text_layers: int) -> Path:
     import torch
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from harness.models.tiny import (
+    from tokbench.harness.models.tiny import (
         TinySpec,
         build_config,
         build_tokenizer,
@@ -95,9 +95,9 @@ def write_clip(path: Path, frames: int) -> Path:
 def worker(checkpoint: str, video: str, run: str, frames: int, params: dict[str, str]) -> dict:
     import torch
 
-    from harness.models.llava_onevision import LlavaOnevisionAdapter
-    from harness.runner import Runner
-    from methods.registry import build_reducer
+    from tokbench.harness.models.llava_onevision import LlavaOnevisionAdapter
+    from tokbench.harness.runner import Runner
+    from tokbench.methods.registry import build_reducer
 
     torch.set_num_threads(1)
     reducer = build_reducer(registry_name(run), params)

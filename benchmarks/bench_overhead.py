@@ -23,7 +23,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from lmms_eval.evaluator import simple_evaluate
 
 from embedded.default import default_model
-from harness.sweep import task_manager
+from tokbench.harness.sweep import task_manager
 
 TASKS = str(Path(__file__).resolve().parents[1] / "tasks")
 

@@ -26,10 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from embedded.default import default_model
-from harness.models.llava_onevision import LlavaOnevisionAdapter
-from harness.runner import Runner
-from methods.registry import build_reducer
-from tasks.synthvqa.utils import DATA_DIR, POST_PROMPT, synthvqa_doc_to_text
+from tokbench.harness.models.llava_onevision import LlavaOnevisionAdapter
+from tokbench.harness.runner import Runner
+from tokbench.methods.registry import build_reducer
+from tokbench.tasks.synthvqa.utils import DATA_DIR, POST_PROMPT, synthvqa_doc_to_text
 
 METHODS = {
     "uniform_pool": {"retain": 0.10},

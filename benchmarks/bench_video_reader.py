@@ -3,7 +3,7 @@
 Readers compared, each in its own subprocess (peak = that process's ``ru_maxrss``; "read" = the
 peak minus the resident set just before the read, i.e. what reading the video itself added):
 
-* ``tokbench``: ``harness.video.load_frames`` (packet index, keyframe seeks, only sampled frames
+* ``tokbench``: ``tokbench.harness.video.load_frames`` (packet index, keyframe seeks, only sampled frames
   kept);
 * ``lmms_pyav``: lmms-eval 0.7.3's ``read_video`` (``lmms_eval/models/model_utils/load_video.py``,
   its PyAV reader: decodes every frame up to the last sampled one, keeps the sampled ones);
@@ -70,7 +70,7 @@ def generate_video(path: Path, seconds: int = SECONDS) -> None:
 
 def read_with(reader: str, video: str, frames: int) -> np.ndarray:
     if reader == "tokbench":
-        from harness.video import load_frames
+        from tokbench.harness.video import load_frames
 
         return load_frames(video, frames)
     if reader == "lmms_pyav":
@@ -89,7 +89,7 @@ def read_with(reader: str, video: str, frames: int) -> np.ndarray:
 def worker(reader: str, video: str, frames: int) -> dict:
     """Runs inside the subprocess: import, note the resident set, read, note the peak."""
     if reader == "tokbench":
-        import harness.video  # noqa: F401
+        import tokbench.harness.video  # noqa: F401
     elif reader == "lmms_pyav":
         import lmms_eval.models.model_utils.load_video  # noqa: F401
     else:

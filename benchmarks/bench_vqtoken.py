@@ -9,8 +9,8 @@ Three runs of the whole sweep (every candidate K fitted to convergence):
 * ``official``: a straight re-implementation, in this file, of the released loop structure
   (``VQToken/cluster.py`` 7-74, 111-132): K-by-K, k-means++ with a full ``cdist`` to every
   chosen seed per step, per-cluster boolean-mask means, X re-normalised every iteration;
-* ``sequential``: ``methods.kmeans.kmeans`` called once per K with the official run's seeds;
-* ``batched``: ``methods.kmeans.kmeans_sweep`` with the same seeds, and once more drawing its
+* ``sequential``: ``tokbench.methods.kmeans.kmeans`` called once per K with the official run's seeds;
+* ``batched``: ``tokbench.methods.kmeans.kmeans_sweep`` with the same seeds, and once more drawing its
   own seeds (its k-means++ is batched too), which is the time the method really spends.
 
 Checks: batched == sequential exactly (labels, centroids, iterations); batched total
@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from methods.base import l2_normalize
-from methods.kmeans import (
+from tokbench.methods.base import l2_normalize
+from tokbench.methods.kmeans import (
     KMeansFit,
     kmeans,
     kmeans_sweep,

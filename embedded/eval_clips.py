@@ -19,8 +19,8 @@ import torch
 
 from embedded.train_curriculum import clip
 from embedded.train_tiny import PromptCodec, evaluate
-from harness.models.llava_onevision import LlavaOnevisionAdapter
-from tasks.synthvqa.generate import render_spec, sample_specs
+from tokbench.harness.models.llava_onevision import LlavaOnevisionAdapter
+from tokbench.tasks.synthvqa.generate import render_spec, sample_specs
 
 
 def clip_accuracy(model, processor, tokenizer, frames: int, count: int = 120, seed: int = 0) -> dict[str, float]:

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import engine
-from harness.models.llava_onevision import open_llava_adapter
+from tokbench.harness import engine
+from tokbench.harness.models.llava_onevision import open_llava_adapter
 from embedded.reference_configs import REFERENCE_MODELS, build_reference_checkpoint
-from methods.base import keep_all
-from methods.registry import available, build_reducer
+from tokbench.methods.base import keep_all
+from tokbench.methods.registry import available, build_reducer
 
 QUESTION = "What happens in the video?"
 SMALL_VOCAB = 512

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from harness.models.geometry import LLAVA_ONEVISION, LLAVA_VID
+from tokbench.harness.models.geometry import LLAVA_ONEVISION, LLAVA_VID
 from embedded.tiny import SPECIAL_TOKENS, build_tokenizer
 
 SIGLIP_SO400M = {

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from harness.models.llava_onevision import QWEN2_CHAT_TEMPLATE, VIDEO_TOKEN
+from tokbench.harness.models.llava_onevision import QWEN2_CHAT_TEMPLATE, VIDEO_TOKEN
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", VIDEO_TOKEN)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedded.train_targets import object_visibility
-from tasks.synthvqa.generate import COUNTS, FAMILIES, Sample, SampleSpec
+from tokbench.tasks.synthvqa.generate import COUNTS, FAMILIES, Sample, SampleSpec
 
 SINGLE_FRAME_FAMILIES = ("static", "small_object")
 KEY_FRAME_FAMILIES = ("static", "small_object", "motion", "needle", "order")

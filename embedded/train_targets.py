@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks.synthvqa.generate import COLOURS, DIRECTIONS, SHAPES, Sample
+from tokbench.tasks.synthvqa.generate import COLOURS, DIRECTIONS, SHAPES, Sample
 
 COLOUR_NAMES = tuple(COLOURS)
 MIN_CELL_PIXELS = 16  # an object counts as present in a pooled cell from this many pixels

@@ -53,9 +53,9 @@ from embedded.train_token_subsets import (
     random_subsets,
     subset_prefix_embeds,
 )
-from harness.models.llava_onevision import VIDEO_TOKEN
-from tasks.synthvqa.generate import FAMILIES, LETTERS, Sample, render_spec, sample_specs
-from tasks.synthvqa.utils import POST_PROMPT, synthvqa_doc_to_text
+from tokbench.harness.models.llava_onevision import VIDEO_TOKEN
+from tokbench.tasks.synthvqa.generate import FAMILIES, LETTERS, Sample, render_spec, sample_specs
+from tokbench.tasks.synthvqa.utils import POST_PROMPT, synthvqa_doc_to_text
 
 OPEN_POST_PROMPT = "Answer with one word."
 DEFAULT_SPEC = TinySpec(vision_layers=3)

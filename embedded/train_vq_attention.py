@@ -37,11 +37,11 @@ from embedded.train_tiny import (
     learning_rate,
     permuted_questions,
 )
-from harness.models.llava_onevision import LlavaOnevisionAdapter
-from methods.kmeans import seeded_generator
-from methods.registry import build_reducer
-from methods.vqtoken import VQAttention, save_vq_attention
-from tasks.synthvqa.generate import FAMILIES, Sample, render_spec, sample_specs
+from tokbench.harness.models.llava_onevision import LlavaOnevisionAdapter
+from tokbench.methods.kmeans import seeded_generator
+from tokbench.methods.registry import build_reducer
+from tokbench.methods.vqtoken import VQAttention, save_vq_attention
+from tokbench.tasks.synthvqa.generate import FAMILIES, Sample, render_spec, sample_specs
 
 # Train samples for this stage start here, after those the base model's training used.
 TRAIN_SEED_OFFSET = 10_000_000

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from methods.base import MethodError
+from tokbench.methods.base import MethodError
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -28,7 +28,7 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
 def cmd_methods(args: argparse.Namespace) -> None:
     from tabulate import tabulate
 
-    from methods.registry import available
+    from tokbench.methods.registry import available
 
     methods = available()
     if args.names:
@@ -48,8 +48,8 @@ def published_style(tflops: float) -> str:
 
 
 def cmd_flops(args: argparse.Namespace) -> None:
-    from harness.flops import paper_flops, parse_resolution, resolve_dims
-    from methods.registry import build_reducer
+    from tokbench.harness.flops import paper_flops, parse_resolution, resolve_dims
+    from tokbench.methods.registry import build_reducer
 
     dims = resolve_dims(args.model, parse_resolution(args.resolution))
     result = paper_flops(build_reducer(args.method, parse_params(args.param)), dims, args.frames)
@@ -68,10 +68,10 @@ def cmd_flops(args: argparse.Namespace) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> None:
-    from harness.models import load_adapter
-    from harness.runner import Runner, measure_prefill_flops
-    from harness.video import check_video
-    from methods.registry import build_reducer
+    from tokbench.harness.models import load_adapter
+    from tokbench.harness.runner import Runner, measure_prefill_flops
+    from tokbench.harness.video import check_video
+    from tokbench.methods.registry import build_reducer
 
     reducer = build_reducer(args.method, parse_params(args.param))
     check_video(args.video)  # a missing or unreadable video fails before the model loads
@@ -96,8 +96,8 @@ def cmd_ask(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from harness.config import load_config
-    from harness.sweep import run_sweep
+    from tokbench.harness.config import load_config
+    from tokbench.harness.sweep import run_sweep
 
     if args.dry_run and args.slurm is None:
         raise ValueError("--dry-run shows what --slurm would submit: give --slurm too")
@@ -129,7 +129,7 @@ def timing_pass_config(config, samples: int):
 
 
 def submit_sweep(args: argparse.Namespace) -> None:
-    from harness.slurm import sbatch_script, submit_workers
+    from tokbench.harness.slurm import sbatch_script, submit_workers
 
     if args.dry_run:
         print(sbatch_script(args.config, args.slurm))
@@ -141,8 +141,8 @@ def submit_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from harness.config import load_config
-    from harness.report import write_reports
+    from tokbench.harness.config import load_config
+    from tokbench.harness.report import write_reports
 
     config = load_config(args.config)
     write_reports(config)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from harness.scoring import unsupported_reason
+from tokbench.harness.scoring import unsupported_reason
 
 
 class ConfigError(ValueError):

@@ -25,9 +25,9 @@ import torch
 from transformers import DynamicCache
 from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
-from harness.blocks import BLOCK_ELEMENTS, query_block
-from harness.models.protocol import DecoderStack
-from methods.base import LayerView, MethodError, Reducer
+from tokbench.harness.blocks import BLOCK_ELEMENTS, query_block
+from tokbench.harness.models.protocol import DecoderStack
+from tokbench.methods.base import LayerView, MethodError, Reducer
 
 
 @dataclass

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from harness.models.geometry import GEOMETRIES, LLAVA_ONEVISION, LLAVA_VID, VideoGeometry, detect_geometry
-from methods.base import Reducer
+from tokbench.harness.models.geometry import GEOMETRIES, LLAVA_ONEVISION, LLAVA_VID, VideoGeometry, detect_geometry
+from tokbench.methods.base import Reducer
 
 SIGLIP_SIDE = 27
 """Patches per side of the SigLIP-so400m 384/14 tower every LLaVA-OV / LLaVA-Video uses."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.row import group_scores
+from tokbench.harness.row import group_scores
 
 Z_95 = 1.959963984540054
 

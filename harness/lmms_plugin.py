@@ -19,7 +19,7 @@ Data parallel through lmms-eval's own mechanism (``accelerate launch -m lmms_eva
 ``torchrun --nproc_per_node N -m lmms_eval ...``): the evaluator gives each rank its shard of
 the documents; this class binds each rank to its own GPU (``cuda:LOCAL_RANK`` when
 ``device=auto``, as lmms-eval's own simple models do, e.g. ``lmms_eval/models/simple/llava_hf.py``),
-joins the process group (``harness.distributed``; lmms-eval's CLI has usually made it
+joins the process group (``tokbench.harness.distributed``; lmms-eval's CLI has usually made it
 already), and after its shard gathers every rank's per-sample
 accounting (``all_gather_object``), so ``self.records`` holds every sample on every rank and
 rank 0 alone writes ``accounting_path``, sorted by (task, doc_id) like a single-process run.
@@ -40,11 +40,11 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
 
-from harness.distributed import join_process_group, rank_device
-from harness.models import load_adapter
-from harness.models.protocol import ModelAdapter
-from harness.runner import Runner, SampleRecord
-from methods.registry import build_reducer
+from tokbench.harness.distributed import join_process_group, rank_device
+from tokbench.harness.models import load_adapter
+from tokbench.harness.models.protocol import ModelAdapter
+from tokbench.harness.runner import Runner, SampleRecord
+from tokbench.methods.registry import build_reducer
 
 MODEL_ID = "tokbench"
 ERROR_ANSWER = "[tokbench-error]"
@@ -53,7 +53,7 @@ DEFAULT_MAX_NEW_TOKENS = 1024
 
 def manifest() -> ModelManifest:
     """Entry-point payload for lmms-eval's model registry."""
-    return ModelManifest(model_id=MODEL_ID, simple_class_path="harness.lmms_plugin.TokbenchLMM")
+    return ModelManifest(model_id=MODEL_ID, simple_class_path="tokbench.harness.lmms_plugin.TokbenchLMM")
 
 
 class TokbenchLMM(lmms):

@@ -1,7 +1,7 @@
 """Leaderboard: cell rows + sample logs -> CSV, Markdown table, per-group table and plots.
 
 Comparisons against the ``full`` baseline of the same model and task are computed (by
-``harness.row``) from the per-sample logs, on the samples both runs answered without error:
+``tokbench.harness.row``) from the per-sample logs, on the samples both runs answered without error:
 ``delta_vs_full`` (accuracy difference), ``agreement_with_full`` (share of identical
 answers) and ``p_value_vs_full`` (exact McNemar test on paired correctness).
 ``tokdense`` = accuracy in percentage points / visual tokens entering the LLM (VQToken).
@@ -19,10 +19,10 @@ from typing import Any
 
 import pandas as pd
 
-from harness.atomic_files import atomic_path, atomic_write
-from harness.config import SweepConfig
-from harness.groups import group_table, groups_markdown
-from harness.row import compare, reduce_share, tokdense
+from tokbench.harness.atomic_files import atomic_path, atomic_write
+from tokbench.harness.config import SweepConfig
+from tokbench.harness.groups import group_table, groups_markdown
+from tokbench.harness.row import compare, reduce_share, tokdense
 
 COLUMNS = [
     "model", "task", "method", "params", "budget", "n", "accuracy", "delta_vs_full",

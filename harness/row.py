@@ -15,7 +15,7 @@ A cell's per-sample records (``runs/<cell_id>/samples.jsonl``: ``doc_id``, ``ans
 
 ``group_scores`` is the one place per-group accuracy is computed (the row's ``accuracy_by_group``
 and ``groups.md`` both use it). The identity columns (model, task, method, params, budget,
-frames, seed, versions, cell_id, positions, prompt_key) come from the cell (``harness.sweep``).
+frames, seed, versions, cell_id, positions, prompt_key) come from the cell (``tokbench.harness.sweep``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 from scipy.stats import binomtest
 
-from harness.flops import layer_flops
-from harness.scoring import lmms_aggregate, scoring_for
+from tokbench.harness.flops import layer_flops
+from tokbench.harness.scoring import lmms_aggregate, scoring_for
 
 
 def group_labels(sample: dict[str, Any]) -> list[str]:

@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 import torch
 
-from harness import engine
-from harness.models.protocol import ModelAdapter, PreparedPrompt
-from harness.video import VideoClip
-from methods.base import ReducedTokens, Reducer, VideoTokens
+from tokbench.harness import engine
+from tokbench.harness.models.protocol import ModelAdapter, PreparedPrompt
+from tokbench.harness.video import VideoClip
+from tokbench.methods.base import ReducedTokens, Reducer, VideoTokens
 
 
 @dataclass
@@ -178,7 +178,7 @@ class _TracedPrefill(torch.nn.Module):
 
 def measure_prefill_flops(runner: Runner, video: str | Path | VideoClip, context: str) -> int:
     """fvcore-measured FLOPs of one sample's prefill (vision tower, reducer, LLM)."""
-    from harness.flops import count_flops
+    from tokbench.harness.flops import count_flops
 
     clip = runner.clip(video)
     pixels = runner.adapter.pixel_values(clip.frames)

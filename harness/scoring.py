@@ -83,7 +83,7 @@ def _synthvqa_groups(logged: dict[str, Any]) -> list[str]:
     return [str(logged["accuracy"]["family"])]  # the family alone, as SynthVQA's groups.md always named it
 
 
-SYNTHVQA = TaskScoring("accuracy", _synthvqa_score, _synthvqa_groups, "tasks.synthvqa.utils:synthvqa_aggregate", 1.0)
+SYNTHVQA = TaskScoring("accuracy", _synthvqa_score, _synthvqa_groups, "tokbench.tasks.synthvqa.utils:synthvqa_aggregate", 1.0)
 MVBENCH_SUBTASKS = (
     "action_sequence", "moving_count", "action_prediction", "episodic_reasoning", "action_antonym", "action_count",
     "scene_transition", "object_shuffle", "object_existence", "fine_grained_pose", "unexpected_action",

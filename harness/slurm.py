@@ -2,7 +2,7 @@
 
 ``tokbench sweep CONFIG --slurm partition=gpu,gpus_per_task=1,array=8`` submits 8 array
 tasks; each runs ``run_sweep`` on the same results folder, and the cell claims of
-``harness.claims`` make them share the cells (each cell runs once). The spec is
+``tokbench.harness.claims`` make them share the cells (each cell runs once). The spec is
 ``KEY=VALUE`` pairs: ``array`` is the number of workers; submitit's shared parameters
 (``timeout_min``, ``mem_gb``, ``cpus_per_task``, ``gpus_per_node``, ``nodes``,
 ``tasks_per_node``, ``name``) pass as they are; anything else is a SLURM parameter of
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.claims import DEFAULT_STALE_AFTER_S
+from tokbench.harness.claims import DEFAULT_STALE_AFTER_S
 
 
 def _value(text: str) -> Any:
@@ -81,7 +81,7 @@ def sbatch_script(config_path: str, spec: str) -> str:
     """The sbatch file submitit would submit for ``spec`` (what ``--dry-run`` prints)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from harness.config import load_config
+    from tokbench.harness.config import load_config
 
     workers, params = parse_spec(spec)
     config = load_config(config_path)
@@ -94,7 +94,7 @@ def sbatch_script(config_path: str, spec: str) -> str:
 
 def submit_workers(config_path: str, spec: str, stale_after_s: float = DEFAULT_STALE_AFTER_S, cluster: str = "slurm") -> list:
     """Submit the array of sweep workers; returns submitit jobs (``cluster='local'`` runs them here)."""
-    from harness.config import load_config
+    from tokbench.harness.config import load_config
 
     config_path = str(Path(config_path).resolve())
     workers, params = parse_spec(spec)
@@ -106,7 +106,7 @@ def submit_workers(config_path: str, spec: str, stale_after_s: float = DEFAULT_S
 
 def sweep_worker(config_path: str, stale_after_s: float) -> int:
     """One array task: run the sweep's cells with the others; returns the number of rows."""
-    from harness.config import load_config
-    from harness.sweep import run_sweep
+    from tokbench.harness.config import load_config
+    from tokbench.harness.sweep import run_sweep
 
     return len(run_sweep(load_config(config_path), progress=False, stale_after_s=stale_after_s))

@@ -7,11 +7,11 @@ resumes where it stopped. A cell that fails (unknown method, impossible budget, 
 cannot load) is written as a row with ``status=error`` and its reason; the other cells run.
 After every cell the leaderboard (CSV, Markdown) is rebuilt from all rows.
 
-A task must have a scorer in ``harness.scoring`` (else the sweep is refused before its first
+A task must have a scorer in ``tokbench.harness.scoring`` (else the sweep is refused before its first
 cell); a group task (mvbench) is one cell over all its subtasks; a judged task (activitynetqa)
-checks its judge before any sample runs. The row's columns are computed by ``harness.row``.
+checks its judge before any sample runs. The row's columns are computed by ``tokbench.harness.row``.
 Several workers can run one sweep together (``run_sweep``; cells are claimed through
-``harness.claims``), and a worker started under torchrun runs each cell data parallel.
+``tokbench.harness.claims``), and a worker started under torchrun runs each cell data parallel.
 """
 
 from __future__ import annotations
@@ -26,19 +26,19 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness.atomic_files import atomic_write
-from harness.claims import DEFAULT_STALE_AFTER_S
-from harness.config import Cell, SweepConfig, check_tasks
-from harness.judge import check_judge
-from harness.row import measured_columns
-from harness.scoring import (
+from tokbench.harness.atomic_files import atomic_write
+from tokbench.harness.claims import DEFAULT_STALE_AFTER_S
+from tokbench.harness.config import Cell, SweepConfig, check_tasks
+from tokbench.harness.judge import check_judge
+from tokbench.harness.row import measured_columns
+from tokbench.harness.scoring import (
     GROUP_TASKS,
     JUDGED_TASKS,
     sample_groups,
     sample_score,
     scoring_for,
 )
-from harness.versions import versions
+from tokbench.harness.versions import versions
 
 _TASK_MANAGERS: dict[tuple[str, ...], Any] = {}
 
@@ -78,8 +78,8 @@ def run_cell(config: SweepConfig, cell: Cell, adapter) -> dict[str, Any]:
     """Evaluate one cell through lmms-eval; return its row (samples are written beside it)."""
     from lmms_eval.evaluator import simple_evaluate
 
-    from harness.lmms_plugin import TokbenchLMM
-    from harness.runner import measure_prefill_flops
+    from tokbench.harness.lmms_plugin import TokbenchLMM
+    from tokbench.harness.runner import measure_prefill_flops
 
     if cell.task in JUDGED_TASKS:  # before any compute: an unreachable judge fails the cell in seconds
         check_judge(cell.task, config.judge_url)
@@ -176,7 +176,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
     """Run every unfinished cell; return all rows (finished earlier or now).
 
     Safe to start as several workers on one results folder (one per GPU or node): a worker
-    claims a cell before running it (``harness.claims``), so each cell runs once; when every
+    claims a cell before running it (``tokbench.harness.claims``), so each cell runs once; when every
     unfinished cell is claimed by a live worker it waits, and takes over the cell of a worker
     that died (claim older than ``stale_after_s``, or its pid gone on this host). It returns
     once every cell has a row. A worker that lost its claim (presumed dead, then came back)
@@ -186,8 +186,8 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
     each cell data parallel through lmms-eval: rank 0 claims cells and announces each to the
     other ranks (``_follow_cells``), lmms-eval splits its samples, and rank 0 writes the row.
     """
-    from harness.claims import ClaimBoard
-    from harness.distributed import join_process_group
+    from tokbench.harness.claims import ClaimBoard
+    from tokbench.harness.distributed import join_process_group
 
     check_tasks(config)
     rank, world_size = join_process_group()
@@ -227,8 +227,8 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
 
 def _adapter(config: SweepConfig, cell: Cell, adapters: dict[str, Any]):
     """The cell's model, loaded once per worker, on this rank's own device."""
-    from harness.distributed import rank_device
-    from harness.models import load_adapter
+    from tokbench.harness.distributed import rank_device
+    from tokbench.harness.models import load_adapter
 
     if cell.model.name not in adapters:
         adapters[cell.model.name] = load_adapter(cell.model.pretrained, device=rank_device(config.device), dtype=config.dtype)
@@ -284,7 +284,7 @@ def write_complete_reports(config: SweepConfig) -> list[dict[str, Any]]:
     checked, and any row written later is followed by its writer's own rebuild: the files left
     behind are complete. Each file is replaced atomically, so readers never see half of one.
     """
-    from harness.report import write_reports
+    from tokbench.harness.report import write_reports
 
     while True:
         before = _rows_snapshot(config)

@@ -110,7 +110,7 @@ def check_video(path: str | Path) -> None:
 
 def _read_frame_folder(path: Path, num_frames: int) -> VideoClip:
     """A folder of frame images (``harness/frame_folder.py``) sampled like a decoded video."""
-    from harness.frame_folder import frame_files, load_frame_folder
+    from tokbench.harness.frame_folder import frame_files, load_frame_folder
 
     total = len(frame_files(path))
     try:

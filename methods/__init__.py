@@ -7,12 +7,12 @@ Each method lives in its own module; see ``methods/base.py`` for the interface a
 from importlib import import_module
 
 BUILTIN_MODULES = (
-    "methods.full",
-    "methods.uniform_pool",
-    "methods.fastv",
-    "methods.divprune",
-    "methods.holitom",
-    "methods.vqtoken",
+    "tokbench.methods.full",
+    "tokbench.methods.uniform_pool",
+    "tokbench.methods.fastv",
+    "tokbench.methods.divprune",
+    "tokbench.methods.holitom",
+    "tokbench.methods.vqtoken",
 )
 
 for _module in BUILTIN_MODULES:

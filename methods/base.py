@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from methods.seam import (
+from tokbench.methods.seam import (
     BudgetError,
     InLLMDecision,
     LayerView,

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from methods.base import (
+from tokbench.methods.base import (
     STAGE_PRE_LLM,
     Budget,
     BudgetError,
@@ -58,7 +58,7 @@ from methods.base import (
     append_newline,
     l2_normalize,
 )
-from methods.registry import register
+from tokbench.methods.registry import register
 
 DEFAULT_RETAIN = 0.1
 

@@ -19,8 +19,8 @@ The span includes LLaVA-OV's video newline token, which can be pruned like visua
 
 from __future__ import annotations
 
-from methods.base import STAGE_IN_LLM, BudgetError, InLLMDecision, LayerView, MethodError, ParamSpec, Reducer
-from methods.registry import register
+from tokbench.methods.base import STAGE_IN_LLM, BudgetError, InLLMDecision, LayerView, MethodError, ParamSpec, Reducer
+from tokbench.methods.registry import register
 
 
 def kept_count(visual: int, prune_ratio: float) -> int:

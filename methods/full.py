@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from methods.base import STAGE_NONE, ReducedTokens, Reducer, VideoTokens, keep_all
-from methods.registry import register
+from tokbench.methods.base import STAGE_NONE, ReducedTokens, Reducer, VideoTokens, keep_all
+from tokbench.methods.registry import register
 
 
 @register("full")

@@ -78,7 +78,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from methods.base import (
+from tokbench.methods.base import (
     STAGE_BOTH,
     BudgetError,
     InLLMDecision,
@@ -91,7 +91,7 @@ from methods.base import (
     append_newline,
     python_round,
 )
-from methods.registry import register
+from tokbench.methods.registry import register
 
 DENSITY_NOISE_SCALE = 1e-6
 """The official density tie-breaker: ``density += torch.rand(shape) * 1e-6`` (line 38)."""

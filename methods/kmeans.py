@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from methods.base import l2_normalize
+from tokbench.methods.base import l2_normalize
 
 SEED_EPS = 1e-6
 FRESH_SUMS_FRACTION = 8  # recompute the sums when more than 1/8 of the labels changed

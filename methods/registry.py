@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
-from methods.base import Budget, MethodError, Reducer
+from tokbench.methods.base import Budget, MethodError, Reducer
 
 ENTRY_POINT_GROUP = "tokbench.methods"
 
@@ -51,7 +51,7 @@ def _load_entry_points() -> None:
 
 def available() -> dict[str, type[Reducer]]:
     """All registered methods, sorted by name."""
-    import methods  # noqa: F401  (imports the built-in method modules)
+    import tokbench.methods  # noqa: F401  (imports the built-in method modules)
 
     _load_entry_points()
     return dict(sorted(_REGISTRY.items()))

@@ -3,7 +3,7 @@
 An adapter (``harness/models/``) turns a model's vision output into ``VideoTokens``; a method
 (``methods/``) returns ``ReducedTokens`` before the LLM, or an ``InLLMDecision`` on a
 ``LayerView`` inside it. Both sides import this module, which depends on torch only, so a
-model adapter never imports a method and a method never sees a model. ``methods.base``
+model adapter never imports a method and a method never sees a model. ``tokbench.methods.base``
 re-exports every name here.
 """
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from methods.base import STAGE_PRE_LLM, MethodError, ParamSpec, ReducedTokens, Reducer, VideoTokens, append_newline
-from methods.registry import register
+from tokbench.methods.base import STAGE_PRE_LLM, MethodError, ParamSpec, ReducedTokens, Reducer, VideoTokens, append_newline
+from tokbench.methods.registry import register
 
 
 def spatial_shape(height: int, width: int, per_frame: float) -> tuple[int, int]:

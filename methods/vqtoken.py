@@ -84,7 +84,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from methods.base import (
+from tokbench.methods.base import (
     STAGE_PRE_LLM,
     BudgetError,
     MethodError,
@@ -95,14 +95,14 @@ from methods.base import (
     append_newline,
     l2_normalize,
 )
-from methods.kmeans import (
+from tokbench.methods.kmeans import (
     ELBOW_RULES,
     adaptive_kmeans,
     cluster_means,
     kmeans,
     seeded_generator,
 )
-from methods.registry import register
+from tokbench.methods.registry import register
 
 VQ_ATTENTION_FILE = "vq_attention.safetensors"
 RELEASED_KEY_PREFIX = "model.cross_attention."

@@ -28,7 +28,7 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_adapter(tiny_checkpoint):
-    from harness.models.llava_onevision import LlavaOnevisionAdapter
+    from tokbench.harness.models.llava_onevision import LlavaOnevisionAdapter
 
     return LlavaOnevisionAdapter(tiny_checkpoint, device="cpu")
 

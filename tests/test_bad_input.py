@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.cli import main
-from harness.config import ConfigError, parse_config
-from harness.runner import Runner
-from harness.video import VideoError, load_frames
-from methods.base import MethodError, VideoTokens
-from methods.registry import build_reducer
+from tokbench.harness.cli import main
+from tokbench.harness.config import ConfigError, parse_config
+from tokbench.harness.runner import Runner
+from tokbench.harness.video import VideoError, load_frames
+from tokbench.methods.base import MethodError, VideoTokens
+from tokbench.methods.registry import build_reducer
 
 
 def test_missing_video(tmp_path):

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from harness import engine
-from harness.blocks import BLOCK_ELEMENTS
+from tokbench.harness import engine
+from tokbench.harness.blocks import BLOCK_ELEMENTS
 
 
 def direct_all_query_attention(layer, hidden, cos, sin) -> torch.Tensor:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.cli import main
+from tokbench.harness.cli import main
 
 
 def test_ask_prints_answer_and_accounting(tiny_checkpoint, video_file, capsys):

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import harness.video as video_module
-from harness.cli import main
-from harness.runner import Runner, measure_prefill_flops
-from harness.video import read_clip
-from methods.base import MethodError, VideoTokens, keep_all
-from methods.holitom import HoliTom, paper_layer
-from methods.registry import available, build_reducer
+import tokbench.harness.video as video_module
+from tokbench.harness.cli import main
+from tokbench.harness.runner import Runner, measure_prefill_flops
+from tokbench.harness.video import read_clip
+from tokbench.methods.base import MethodError, VideoTokens, keep_all
+from tokbench.methods.holitom import HoliTom, paper_layer
+from tokbench.methods.registry import available, build_reducer
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 BASE, VQ = CHECKPOINTS / "tiny-llava-ov-synthvqa", CHECKPOINTS / "tiny-llava-ov-synthvqa-vqtoken"
@@ -91,7 +91,7 @@ def test_ask_token_dynamics_with_random_weights_traces(tiny_checkpoint, video_fi
 
 @pytest.fixture(scope="module")
 def shipped_adapters():
-    from harness.models.llava_onevision import LlavaOnevisionAdapter
+    from tokbench.harness.models.llava_onevision import LlavaOnevisionAdapter
 
     return {path.name: LlavaOnevisionAdapter(str(path), device="cpu") for path in (BASE, VQ)}
 

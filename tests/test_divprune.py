@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.base import Budget, BudgetError, MethodError, VideoTokens
-from methods.divprune import DivPrune, divprune_select, frame_budgets, select_indices
-from methods.registry import build_reducer
+from tokbench.methods.base import Budget, BudgetError, MethodError, VideoTokens
+from tokbench.methods.divprune import DivPrune, divprune_select, frame_budgets, select_indices
+from tokbench.methods.registry import build_reducer
 
 
 def official_loop(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from harness import engine
-from methods.base import InLLMDecision, Reducer, keep_all
+from tokbench.harness import engine
+from tokbench.methods.base import InLLMDecision, Reducer, keep_all
 
 
 class KeepAllAt(Reducer):
@@ -95,7 +95,7 @@ def test_last_query_attention_matches_eager_weights(tiny_adapter, frames):
 
 
 def test_eager_and_sdpa_give_the_same_prefill(tiny_checkpoint, frames):
-    from harness.models.llava_onevision import LlavaOnevisionAdapter
+    from tokbench.harness.models.llava_onevision import LlavaOnevisionAdapter
 
     results = []
     for implementation in ("eager", "sdpa"):

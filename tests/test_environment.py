@@ -1,5 +1,6 @@
 """The installed environment is the locked one: every package of requirements.lock at its
-pinned version, and the lock satisfies every direct dependency pyproject.toml declares.
+pinned version, and the lock satisfies every direct dependency pyproject.toml declares; and the
+distribution installs one top-level import name, ``tokbench``.
 
 A drift (a package upgraded by hand, a lock not refreshed after a pyproject change) fails here
 instead of changing results silently. Refresh with ``scripts/lock.sh``.
@@ -49,3 +50,20 @@ def test_the_lock_satisfies_pyproject():
     pins = locked()
     unmet = [str(r) for r in declared() if canonicalize_name(r.name) not in pins or pins[canonicalize_name(r.name)] not in r.specifier]
     assert not unmet, f"requirements.lock does not satisfy {unmet}: refresh it with scripts/lock.sh"
+
+
+def test_the_distribution_has_one_top_level_import_name(tmp_path):
+    """``pip install .`` puts only ``tokbench`` into site-packages; the folders map under it."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("tokbench-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"tokbench"}
+    for module in ("tokbench/harness/cli.py", "tokbench/methods/registry.py", "tokbench/tasks/synthvqa/synthvqa.yaml"):
+        assert module in names

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cli import main
-from harness.flops import BUILTIN_MODELS, count_flops, paper_flops, schedule_flops
-from methods.registry import build_reducer
+from tokbench.harness.cli import main
+from tokbench.harness.flops import BUILTIN_MODELS, count_flops, paper_flops, schedule_flops
+from tokbench.methods.registry import build_reducer
 
 GOLDEN_FLOPS = Path(__file__).resolve().parent / "data" / "flops.json"  # shared/golden/flops.json, vendored
 
@@ -78,7 +78,7 @@ def test_fvcore_counts_sdpa_quadratically():
 
 
 def test_measured_flops_grow_with_visual_tokens(tiny_adapter, video_file):
-    from harness.runner import Runner, measure_prefill_flops
+    from tokbench.harness.runner import Runner, measure_prefill_flops
 
     full = measure_prefill_flops(Runner(tiny_adapter, build_reducer("full"), 4), video_file, "What?")
     pooled = measure_prefill_flops(Runner(tiny_adapter, build_reducer("uniform_pool", {"tokens": "4"}), 4), video_file, "What?")
@@ -97,7 +97,7 @@ def test_fvcore_counts_a_matmul_into_a_buffer():
 
 
 def test_measured_vqtoken_flops_include_the_clustering(tiny_adapter, video_file):
-    from harness.runner import Runner, measure_prefill_flops
+    from tokbench.harness.runner import Runner, measure_prefill_flops
 
     def measured(method, params):
         return measure_prefill_flops(Runner(tiny_adapter, build_reducer(method, params), 4), video_file, "What?")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.video import VideoError, load_frames
+from tokbench.harness.video import VideoError, load_frames
 
 
 def _folder(path, count: int):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from harness.groups import group_table, groups_markdown, separations, wilson_interval
+from tokbench.harness.groups import group_table, groups_markdown, separations, wilson_interval
 
 
 def test_wilson_interval_matches_the_textbook_values():

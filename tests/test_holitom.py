@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from benchmarks.bench_holitom import reference_similarity, run_case
-from methods import holitom as ht
-from methods.base import (
+from tokbench.methods import holitom as ht
+from tokbench.methods.base import (
     STAGE_BOTH,
     Budget,
     BudgetError,
@@ -26,7 +26,7 @@ from methods.base import (
     MethodError,
     VideoTokens,
 )
-from methods.registry import build_reducer
+from tokbench.methods.registry import build_reducer
 
 QWEN2_7B = {"layers": 28, "d": 3584, "m": 18944}
 

@@ -13,7 +13,7 @@ on a synthetic ``LayerView``. No model is built. The contract:
 * positions: in the default layout (grid tokens ``0..T*H*W-1``, the newline at ``T*H*W``, and
   only that token there), distinct, or -1 only for the methods whose tokens have no grid origin
   (``NO_GRID_ORIGIN``);
-* the token schedule is what ``tokbench flops`` prices (``harness.flops.paper_flops``): it
+* the token schedule is what ``tokbench flops`` prices (``tokbench.harness.flops.paper_flops``): it
   covers every layer, starts at the pre-LLM count the rule above compares against, and its
   in-LLM stage keeps what ``reduce_in_llm`` keeps when fed that count;
 * degenerate input (all-zero features, identical frames, a single frame) gives finite output.
@@ -32,9 +32,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.flops import ModelDims, paper_flops
-from methods.base import STAGE_BOTH, STAGE_IN_LLM, InLLMDecision, LayerView, Reducer, VideoTokens
-from methods.registry import available, build_reducer
+from tokbench.harness.flops import ModelDims, paper_flops
+from tokbench.methods.base import STAGE_BOTH, STAGE_IN_LLM, InLLMDecision, LayerView, Reducer, VideoTokens
+from tokbench.methods.registry import available, build_reducer
 
 FRAMES, SIDE, DIM = 4, 4, 16  # pooled 4x4 grid per frame (64 grid tokens), un-pooled 8x8
 LAYERS = 28  # deep enough for every default K (HoliTom's 18)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.cli import main
-from methods import registry
-from methods.base import Budget, BudgetError, MethodError, Reducer, VideoTokens
-from methods.registry import UnknownMethodError, build_reducer
+from tokbench.harness.cli import main
+from tokbench.methods import registry
+from tokbench.methods.base import Budget, BudgetError, MethodError, Reducer, VideoTokens
+from tokbench.methods.registry import UnknownMethodError, build_reducer
 
 
 def video(frames=4, side=4, dim=8) -> VideoTokens:

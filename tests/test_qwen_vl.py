@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import engine
-from harness.cli import main
-from harness.config import parse_config
-from harness.models import load_adapter
-from harness.models.llava_onevision import LlavaOnevisionAdapter
-from harness.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from tokbench.harness import engine
+from tokbench.harness.cli import main
+from tokbench.harness.config import parse_config
+from tokbench.harness.models import load_adapter
+from tokbench.harness.models.llava_onevision import LlavaOnevisionAdapter
+from tokbench.harness.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from embedded.tiny_qwen import build_tiny_qwen2_5_vl
-from harness.sweep import run_sweep
-from methods.base import MethodError, ReducedTokens
-from methods.registry import available, build_reducer
+from tokbench.harness.sweep import run_sweep
+from tokbench.methods.base import MethodError, ReducedTokens
+from tokbench.methods.registry import available, build_reducer
 
 # one budgeted setting per method that the tiny model can serve (3 frame pairs of 3x3 tokens)
 METHOD_PARAMS = {
@@ -230,8 +230,8 @@ def test_flops_knows_qwen_geometry(qwen_checkpoint, capsys):
 def test_lmms_eval_plugin_picks_qwen_from_pretrained_alone(qwen_checkpoint):
     from lmms_eval.evaluator import simple_evaluate
 
-    from harness.lmms_plugin import TokbenchLMM
-    from harness.sweep import task_manager
+    from tokbench.harness.lmms_plugin import TokbenchLMM
+    from tokbench.harness.sweep import task_manager
 
     lm = TokbenchLMM(pretrained=qwen_checkpoint, method="holitom", max_frames_num=4, device="cpu", max_new_tokens=2, retain=0.5, K=2)
     assert isinstance(lm.adapter, Qwen2_5_VLAdapter)

@@ -27,13 +27,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import engine
-from harness.flops import BUILTIN_MODELS, dims_from_config, paper_flops
-from harness.models.geometry import detect_geometry, llava_vid_frame_plan, time_instruction
-from harness.models.llava_onevision import LlavaVideoAdapter, open_llava_adapter
+from tokbench.harness import engine
+from tokbench.harness.flops import BUILTIN_MODELS, dims_from_config, paper_flops
+from tokbench.harness.models.geometry import detect_geometry, llava_vid_frame_plan, time_instruction
+from tokbench.harness.models.llava_onevision import LlavaVideoAdapter, open_llava_adapter
 from embedded.reference_configs import _hub_layout_templates, build_reference_checkpoint, resave
-from methods.base import keep_all
-from methods.registry import available, build_reducer
+from tokbench.methods.base import keep_all
+from tokbench.methods.registry import available, build_reducer
 from tests.conftest import write_video
 
 SMALL_VOCAB = 512
@@ -286,7 +286,7 @@ def test_resaved_folder_keeps_video_and_question_in_the_prompt(tiny_checkpoint, 
 
 
 def test_llava_vid_sample_runs_end_to_end_with_its_frame_plan_and_time_instruction(tiny_checkpoint, tmp_path):
-    from harness.runner import Runner
+    from tokbench.harness.runner import Runner
 
     adapter = open_llava_adapter(tiny_checkpoint, geometry="llava_vid", add_time_instruction=True, device="cpu")
     path = write_video(tmp_path / "clip.mp4", _frames(24, size=40), fps=8)  # 3 s at 8 fps: llava_vid takes 1 frame per second

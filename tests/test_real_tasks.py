@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ConfigError, load_config, parse_config
-from harness.scoring import GROUP_TASKS, MVBENCH_SUBTASKS, sample_score, scoring_for
+from tokbench.harness.config import ConfigError, load_config, parse_config
+from tokbench.harness.scoring import GROUP_TASKS, MVBENCH_SUBTASKS, sample_score, scoring_for
 from tests.real_task_standins import (
     StubJudge,
     build_home,
@@ -53,7 +53,7 @@ def _task_object(name: str):
     """The task as lmms-eval builds it from its installed YAML (datasets from the stand-in cache)."""
     from lmms_eval.tasks import get_task_dict
 
-    from harness.sweep import task_manager
+    from tokbench.harness.sweep import task_manager
 
     return get_task_dict([name], task_manager([REPO_TASKS]))[name]
 
@@ -90,7 +90,7 @@ def test_per_sample_scores_average_to_the_tasks_own_metric(home, task):
 
 @pytest.fixture(scope="module")
 def sweep(home, tiny_checkpoint, tmp_path_factory):
-    from harness.sweep import run_sweep
+    from tokbench.harness.sweep import run_sweep
 
     _, _, judge_url = home
     out = tmp_path_factory.mktemp("real_results")
@@ -184,7 +184,7 @@ def test_judged_task_scores_the_judges_yes_share(sweep):
 
 
 def test_an_unreachable_judge_fails_the_cell_fast_in_one_line(home, tiny_checkpoint, tmp_path, monkeypatch):
-    from harness.sweep import run_sweep
+    from tokbench.harness.sweep import run_sweep
 
     monkeypatch.setenv("OPENAI_API_URL", home[2])  # restored after: the probe points the task at the refused URL
 
@@ -201,7 +201,7 @@ def test_an_unreachable_judge_fails_the_cell_fast_in_one_line(home, tiny_checkpo
 
 @pytest.mark.parametrize(("task", "reason"), [("egoschema", "remote validation server"), ("videomme_long", "no per-sample scorer")])
 def test_unscorable_tasks_are_refused_before_any_compute(tmp_path, task, reason):
-    from harness.sweep import run_sweep
+    from tokbench.harness.sweep import run_sweep
 
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({"name": "x", "output_dir": str(tmp_path), "models": [{"name": "m", "pretrained": "nowhere"}], "tasks": ["videomme", task], "methods": []}))
@@ -220,7 +220,7 @@ def test_lmms_eval_cli_runs_every_task_through_the_plugin(home, tiny_checkpoint,
     import subprocess
     import sys
 
-    from harness.lmms_plugin import ERROR_ANSWER
+    from tokbench.harness.lmms_plugin import ERROR_ANSWER
 
     args = f"pretrained={tiny_checkpoint},method=uniform_pool,retain=0.5,max_frames_num=4,device=cpu,max_new_tokens=3"
     command = [sys.executable, "-m", "lmms_eval", "eval", "--model", "tokbench", "--model_args", args, "--tasks", ",".join(TASKS),

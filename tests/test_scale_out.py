@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.claims import ClaimBoard
-from harness.config import load_config
+from tokbench.harness.claims import ClaimBoard
+from tokbench.harness.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "checkpoints" / "tiny-llava-ov-synthvqa"
@@ -114,8 +114,8 @@ def one_rank_in_process(tmp_path: Path) -> tuple[list[dict], float, dict]:
     """The reference: the same evaluation in this process (world size 1), as the sweep runs it."""
     from lmms_eval.evaluator import simple_evaluate
 
-    from harness.lmms_plugin import TokbenchLMM
-    from harness.sweep import task_manager
+    from tokbench.harness.lmms_plugin import TokbenchLMM
+    from tokbench.harness.sweep import task_manager
 
     accounting = tmp_path / "one.jsonl"
     params = dict(pair.split("=", 1) for pair in MODEL_ARGS.split(","))
@@ -177,7 +177,7 @@ def sweep_config(tmp_path: Path, checkpoint: str, name: str, methods: list[dict]
 
 
 def start_worker(config: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "harness.cli", "sweep", str(config), "--quiet"]
+    command = [sys.executable, "-m", "tokbench.harness.cli", "sweep", str(config), "--quiet"]
     return subprocess.Popen(command, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -198,7 +198,7 @@ def samples_by_doc(config: Path, cell_id: str) -> dict:
 @pytest.fixture(scope="module")
 def killed_then_recovered(tiny_checkpoint, tmp_path_factory):
     """A worker SIGKILLed while it holds a cell; then a rerun (this process) finishes the sweep."""
-    from harness.sweep import run_sweep
+    from tokbench.harness.sweep import run_sweep
 
     config = sweep_config(tmp_path_factory.mktemp("killed"), tiny_checkpoint, "killed")
     claims = load_config(config).results_dir / "claims"
@@ -242,7 +242,7 @@ def test_two_workers_run_every_cell_once_with_the_same_rows(killed_then_recovere
 
 
 def test_slurm_submission_path(killed_then_recovered):
-    from harness.slurm import parse_spec, sbatch_script, submit_workers
+    from tokbench.harness.slurm import parse_spec, sbatch_script, submit_workers
 
     config, _ = killed_then_recovered
     assert parse_spec("partition=gpu,gpus_per_task=1,array=3,timeout_min=90") == (
@@ -259,11 +259,11 @@ def test_slurm_submission_path(killed_then_recovered):
 
 
 def test_a_data_parallel_sweep_cell_gives_the_single_process_row(killed_then_recovered, tiny_checkpoint, tmp_path):
-    """``torchrun --nproc_per_node 2 -m harness.cli sweep``: each cell's samples split over two ranks."""
+    """``torchrun --nproc_per_node 2 -m tokbench.harness.cli sweep``: each cell's samples split over two ranks."""
     reference, _ = killed_then_recovered
     fastv = {"method": "fastv", "params": {"K": 1}, "budgets": [{"retain": 0.5}]}  # an in-LLM method: layer counts gathered too
     config = sweep_config(tmp_path, tiny_checkpoint, "dp", methods=[fastv])
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "harness.cli", "sweep", str(config), "--quiet"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tokbench.harness.cli", "sweep", str(config), "--quiet"]
     done = subprocess.run(command, check=False, env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     got, expected = rows(config), rows(reference)

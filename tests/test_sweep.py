@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from harness.config import parse_config
-from harness.report import COLUMNS, reduce_share
-from harness.sweep import run_sweep
+from tokbench.harness.config import parse_config
+from tokbench.harness.report import COLUMNS, reduce_share
+from tokbench.harness.sweep import run_sweep
 
 CONFIG = {
     "name": "smoke",
@@ -111,7 +111,7 @@ def test_reduce_share_of_saved_prefill():
 def test_markdown_names_the_model_when_a_sweep_has_several():
     import pandas as pd
 
-    from harness.report import MARKDOWN_COLUMNS, markdown
+    from tokbench.harness.report import MARKDOWN_COLUMNS, markdown
 
     row = dict.fromkeys(MARKDOWN_COLUMNS)
     rows = [{**row, "model": model, "task": "t", "method": "full"} for model in ("base", "tuned")]

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.synthvqa import generate as gen
-from tasks.synthvqa.utils import POST_PROMPT, parse_answer, synthvqa_aggregate
+from tokbench.tasks.synthvqa import generate as gen
+from tokbench.tasks.synthvqa.utils import POST_PROMPT, parse_answer, synthvqa_aggregate
 
 TASK_DIR = Path(gen.__file__).resolve().parent
 

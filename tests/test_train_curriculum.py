@@ -20,7 +20,7 @@ from embedded.train_curriculum import (
     stages,
 )
 from embedded.train_targets import object_visibility
-from tasks.synthvqa.generate import FAMILIES, render_spec, sample_specs
+from tokbench.tasks.synthvqa.generate import FAMILIES, render_spec, sample_specs
 
 
 def test_stages_grow_the_clip_length_and_end_on_full_videos():

@@ -17,7 +17,7 @@ from embedded.train_targets import (
     object_visibility,
     patch_targets,
 )
-from tasks.synthvqa.generate import COLOURS, DIRECTIONS, LETTERS, SHAPES, render_sample
+from tokbench.tasks.synthvqa.generate import COLOURS, DIRECTIONS, LETTERS, SHAPES, render_sample
 
 SEEDS = range(5, 11)
 CELL = 16

@@ -9,7 +9,7 @@ import torch
 
 from embedded.train_tiny import PromptCodec, parse_args, target_logits, video_pixels
 from embedded.train_token_subsets import draw_keep_count, is_subset_step, random_subsets, subset_prefix_embeds
-from tasks.synthvqa.generate import render_spec, sample_specs
+from tokbench.tasks.synthvqa.generate import render_spec, sample_specs
 
 
 def test_keep_counts_stay_in_the_range_and_are_log_uniform():

@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from embedded.default import default_model
-from harness.models.llava_onevision import LlavaOnevisionAdapter
-from harness.runner import Runner
-from methods.base import ReducedTokens, VideoTokens, keep_all
-from methods.full import Full
-from methods.registry import build_reducer
-from tasks.synthvqa.generate import DATA_DIR
-from tasks.synthvqa.utils import POST_PROMPT, synthvqa_doc_to_text, synthvqa_process_results
+from tokbench.harness.models.llava_onevision import LlavaOnevisionAdapter
+from tokbench.harness.runner import Runner
+from tokbench.methods.base import ReducedTokens, VideoTokens, keep_all
+from tokbench.methods.full import Full
+from tokbench.methods.registry import build_reducer
+from tokbench.tasks.synthvqa.generate import DATA_DIR
+from tokbench.tasks.synthvqa.utils import POST_PROMPT, synthvqa_doc_to_text, synthvqa_process_results
 
 VQ_CHECKPOINT_NAME = "tiny-llava-ov-synthvqa-vqtoken"
 SAMPLES = 36

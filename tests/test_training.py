@@ -31,11 +31,11 @@ from embedded.train_tiny import (
 from embedded.train_tiny import train as train_tiny
 from embedded.train_vq_attention import parse_args as parse_vq_args
 from embedded.train_vq_attention import train as train_vq
-from harness.models.llava_onevision import LlavaOnevisionAdapter
-from methods.registry import build_reducer
-from methods.vqtoken import VQ_ATTENTION_FILE
-from tasks.synthvqa.generate import LETTERS, render_spec, sample_specs
-from tasks.synthvqa.utils import POST_PROMPT, synthvqa_doc_to_text
+from tokbench.harness.models.llava_onevision import LlavaOnevisionAdapter
+from tokbench.methods.registry import build_reducer
+from tokbench.methods.vqtoken import VQ_ATTENTION_FILE
+from tokbench.tasks.synthvqa.generate import LETTERS, render_spec, sample_specs
+from tokbench.tasks.synthvqa.utils import POST_PROMPT, synthvqa_doc_to_text
 from tests.conftest import TEST_SPEC
 
 

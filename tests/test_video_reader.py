@@ -6,8 +6,8 @@ import av
 import numpy as np
 import pytest
 
-from harness import video
-from harness.video import read_clip
+from tokbench.harness import video
+from tokbench.harness.video import read_clip
 
 
 def encode(path, count: int, codec: str, options: dict, size: int = 64, fps: int = 25) -> str:

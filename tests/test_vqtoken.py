@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.base import BudgetError, MethodError, VideoTokens, l2_normalize
-from methods.kmeans import (
+from tokbench.methods.base import BudgetError, MethodError, VideoTokens, l2_normalize
+from tokbench.methods.kmeans import (
     adaptive_kmeans,
     cluster_means,
     elbow_chord,
@@ -16,8 +16,8 @@ from methods.kmeans import (
     kmeans_sweep,
     seeded_generator,
 )
-from methods.registry import build_reducer
-from methods.vqtoken import (
+from tokbench.methods.registry import build_reducer
+from tokbench.methods.vqtoken import (
     VQ_ATTENTION_FILE,
     VQAttention,
     load_vq_attention,
@@ -229,7 +229,7 @@ def test_weights_trained_on_a_rescaled_codebook_set_the_default_and_refuse_the_o
 
 
 def test_attention_mode_refuses_before_clustering(monkeypatch):
-    import methods.vqtoken as vq
+    import tokbench.methods.vqtoken as vq
 
     def no_clustering(*args, **kwargs):
         raise AssertionError("clustered before checking the weights")

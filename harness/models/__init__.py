@@ -11,8 +11,8 @@ from importlib import import_module
 
 # model_type (config.json) -> "module:class" of its adapter, imported only when used
 ADAPTERS = {
-    "llava_onevision": "harness.models.llava_onevision:open_llava_adapter",
-    "qwen2_5_vl": "harness.models.qwen2_5_vl:Qwen2_5_VLAdapter",
+    "llava_onevision": "tokbench.harness.models.llava_onevision:open_llava_adapter",
+    "qwen2_5_vl": "tokbench.harness.models.qwen2_5_vl:Qwen2_5_VLAdapter",
 }
 
 

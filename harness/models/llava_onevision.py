@@ -36,11 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.blocks import BLOCK_ELEMENTS, query_block
-from harness.models.geometry import GEOMETRIES, LLAVA_ONEVISION, LLAVA_VID, FramePlan, detect_geometry, llava_vid_frame_plan, time_instruction
-from harness.models.protocol import DecoderStack, PreparedPrompt, resolve_device, resolve_dtype
-from harness.video import VideoClip, VideoError, read_clip
-from methods.seam import MethodError, ReducedTokens, VideoTokens
+from tokbench.harness.blocks import BLOCK_ELEMENTS, query_block
+from tokbench.harness.models.geometry import GEOMETRIES, LLAVA_ONEVISION, LLAVA_VID, FramePlan, detect_geometry, llava_vid_frame_plan, time_instruction
+from tokbench.harness.models.protocol import DecoderStack, PreparedPrompt, resolve_device, resolve_dtype
+from tokbench.harness.video import VideoClip, VideoError, read_clip
+from tokbench.methods.seam import MethodError, ReducedTokens, VideoTokens
 
 VIDEO_TOKEN = "<video>"
 
@@ -157,7 +157,7 @@ class LlavaOnevisionAdapter:
 
     def _encoder_attention(self, layer_input: torch.Tensor, pooled_grid: bool, block_elements: int = BLOCK_ELEMENTS) -> torch.Tensor:
         """Mean attention each patch receives in the encoder layer that produced the features,
-        computed in blocks of queries (``harness.blocks``)."""
+        computed in blocks of queries (``tokbench.harness.blocks``)."""
         tower = self.model.model.vision_tower
         layers = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
         index = self._selected_layer(len(layers) + 1) - 1

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from harness.video import VideoClip
-from methods.seam import ReducedTokens, VideoTokens
+from tokbench.harness.video import VideoClip
+from tokbench.methods.seam import ReducedTokens, VideoTokens
 
 
 @dataclass

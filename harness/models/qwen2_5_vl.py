@@ -35,14 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.models.protocol import (
+from tokbench.harness.models.protocol import (
     DecoderStack,
     PreparedPrompt,
     resolve_device,
     resolve_dtype,
 )
-from harness.video import VideoClip, read_clip
-from methods.seam import MethodError, ReducedTokens, VideoTokens
+from tokbench.harness.video import VideoClip, read_clip
+from tokbench.methods.seam import MethodError, ReducedTokens, VideoTokens
 
 SYSTEM_PROMPT = "You are a helpful assistant."  # lmms-eval qwen2_5_vl's default system_prompt
 VIDEO_TYPE = 2  # mm_token_type_ids value of video tokens

@@ -29,7 +29,7 @@ every written video is decoded back and checked. Regenerating a split reproduces
 exactly and its frames to within the encoder's rounding (the bytes matched on our machine,
 but not on every CI machine).
 
-CLI: ``python -m tasks.synthvqa.generate --out DIR --split test --count N``.
+CLI: ``python -m tokbench.tasks.synthvqa.generate --out DIR --split test --count N``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from methods.divprune import divprune_select
+from tokbench.methods.divprune import divprune_select
 
 
 def check_select(record: dict[str, Any]) -> None:

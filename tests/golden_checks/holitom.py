@@ -1,4 +1,4 @@
-"""Golden checks for HoliTom: each checker runs ``methods.holitom`` on a golden record's inputs.
+"""Golden checks for HoliTom: each checker runs ``tokbench.methods.holitom`` on a golden record's inputs.
 
 Semantics and tolerances follow ../shared/golden/README.md section 2. Every shape and
 hyper-parameter is read from the record (held-out sets use other shapes, windows, retain
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from methods import holitom as ht
+from tokbench.methods import holitom as ht
 
 Record = dict[str, Any]
 ATOL = 1e-5

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from methods.base import l2_normalize
-from methods.kmeans import (
+from tokbench.methods.base import l2_normalize
+from tokbench.methods.kmeans import (
     adaptive_kmeans,
     elbow_official,
     kmeans,
