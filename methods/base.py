@@ -17,7 +17,6 @@ the sweep can parse, validate and record them the same way. Budgets (``retain`` 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -263,6 +262,3 @@ def python_round(x: float) -> int:
     """
     return int(round(float(x)))
 
-
-def ceil_int(x: float) -> int:
-    return int(math.ceil(float(x)))

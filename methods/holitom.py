@@ -106,43 +106,6 @@ stored uniform draws (replayed one per clustering call, in call order), or None 
 # ---------------------------------------------------------------------------------------
 
 
-def siglip_attention_score(attentions: torch.Tensor) -> torch.Tensor:
-    """Attention each patch receives: [T, heads, q, k] -> [T, k], mean over heads then queries.
-
-    ``siglip_encoder.py`` 618-622 applied to ``attentions[-1]`` of the tower whose last layer
-    was deleted (line 595). Each output row sums to 1.
-    """
-    return attentions.mean(dim=1).mean(dim=1)
-
-
-def pool_grid_bilinear(grid: torch.Tensor, stride: int = 2) -> torch.Tensor:
-    """LLaVA-NeXT ``get_2dPool`` in bilinear mode: [T, H, W, C] -> [T, ceil(H/s), ceil(W/s), C].
-
-    ``F.interpolate(mode="bilinear", align_corners=False)``; not mass-preserving.
-    """
-    height, width = grid.shape[1], grid.shape[2]
-    size = [math.ceil(height / stride), math.ceil(width / stride)]
-    pooled = F.interpolate(grid.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
-    return pooled.permute(0, 2, 3, 1)
-
-
-def pool_tokens_bilinear(tokens: torch.Tensor, stride: int = 2) -> torch.Tensor:
-    """``get_2dPool`` on row-major square-grid tokens: [T, N, C] -> [T, N', C], or [T, N] -> [T, N'].
-
-    A 2-D input is a one-channel map (the encoder attention, pooled like the features,
-    ``llava_arch.py`` 370-373).
-    """
-    squeeze = tokens.ndim == 2
-    grid_tokens = tokens.unsqueeze(-1) if squeeze else tokens
-    frames, count, channels = grid_tokens.shape
-    side = math.isqrt(count)
-    if side * side != count:
-        raise MethodError(f"pooling needs a square grid of tokens, got {count} per frame")
-    pooled = pool_grid_bilinear(grid_tokens.reshape(frames, side, side, channels), stride)
-    pooled = pooled.reshape(frames, -1, channels)
-    return pooled.squeeze(-1) if squeeze else pooled
-
-
 # ---------------------------------------------------------------------------------------
 # Temporal stage: frame similarity and the DP segmentation
 # ---------------------------------------------------------------------------------------

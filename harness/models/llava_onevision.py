@@ -150,14 +150,10 @@ class LlavaOnevisionAdapter:
 
     def pool(self, grid: torch.Tensor) -> torch.Tensor:
         """LLaVA-OV's own 2x2 bilinear pooling of an un-pooled grid [T, H0, W0, C] -> [T, H, W, C]."""
-        frames, h0, w0, channels = grid.shape
-        x = grid.permute(0, 3, 1, 2)
-        x = F.interpolate(x, size=[math.ceil(h0 / 2), math.ceil(w0 / 2)], mode="bilinear")
-        return x.permute(0, 2, 3, 1).contiguous()
+        return bilinear_pool(grid)
 
     def _encoder_attention(self, layer_input: torch.Tensor, pooled_grid: bool, block_elements: int = BLOCK_ELEMENTS) -> torch.Tensor:
-        """Mean attention each patch receives in the encoder layer that produced the features,
-        computed in blocks of queries (``tokbench.harness.blocks``)."""
+        """Mean attention each patch receives in the encoder layer that produced the features."""
         tower = self.model.model.vision_tower
         layers = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
         index = self._selected_layer(len(layers) + 1) - 1
@@ -167,12 +163,7 @@ class LlavaOnevisionAdapter:
         frames, tokens, _ = x.shape
         q = attn.q_proj(x).view(frames, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(frames, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
-        received = torch.zeros(frames, tokens, dtype=torch.float32, device=x.device)
-        step = query_block(tokens, frames * attn.num_heads * tokens, block_elements)
-        for start in range(0, tokens, step):  # blocks of queries: never the [T, heads, N0, N0] tensor
-            scores = (q[:, :, start : start + step] @ k.transpose(-1, -2)).float() * attn.scale
-            received += torch.softmax(scores, dim=-1).sum(dim=(1, 2))
-        received /= attn.num_heads * tokens  # [T, N0]: mean over heads and queries
+        received = received_attention(q, k, attn.scale, block_elements)
         side = int(math.isqrt(tokens))
         grid = received.view(frames, side, side, 1)
         if pooled_grid:
@@ -334,6 +325,31 @@ def _local_config(pretrained: str) -> dict[str, Any]:
             return {}
         path = Path(cached)
     return json.loads(path.read_text())
+
+
+def bilinear_pool(grid: torch.Tensor) -> torch.Tensor:
+    """2x2 bilinear pooling [T, H0, W0, C] -> [T, ceil(H0/2), ceil(W0/2), C]: Hugging Face's
+    ``apply_pooling`` for LLaVA-OV video, LLaVA-NeXT ``get_2dPool`` in bilinear mode (the one
+    HoliTom's pooled features and encoder attention go through)."""
+    _, h0, w0, _ = grid.shape
+    x = F.interpolate(grid.permute(0, 3, 1, 2), size=[math.ceil(h0 / 2), math.ceil(w0 / 2)], mode="bilinear")
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def received_attention(q: torch.Tensor, k: torch.Tensor, scale: float, block_elements: int = BLOCK_ELEMENTS) -> torch.Tensor:
+    """Attention each key receives, mean over heads then queries: q, k [T, heads, N, hd] -> [T, N].
+
+    HoliTom's SigLIP score (``siglip_encoder.py`` 618-622: ``attentions.mean(1).mean(1)``),
+    computed in blocks of queries (``tokbench.harness.blocks``) so that the [T, heads, N, N]
+    attention tensor never exists.
+    """
+    frames, heads, tokens, _ = q.shape
+    received = torch.zeros(frames, k.shape[2], dtype=torch.float32, device=q.device)
+    step = query_block(tokens, frames * heads * k.shape[2], block_elements)
+    for start in range(0, tokens, step):
+        scores = (q[:, :, start : start + step] @ k.transpose(-1, -2)).float() * scale
+        received += torch.softmax(scores, dim=-1).sum(dim=(1, 2))
+    return received / (heads * tokens)
 
 
 def is_multimodal_template(template: str) -> bool:

@@ -1,4 +1,5 @@
-"""Golden checks for HoliTom: each checker runs ``tokbench.methods.holitom`` on a golden record's inputs.
+"""Golden checks for HoliTom: each checker runs ``tokbench.methods.holitom`` on a golden record's inputs
+(the SigLIP score and the 2x2 pooling, which the model adapter computes, run the adapter's code).
 
 Semantics and tolerances follow ../shared/golden/README.md section 2. Every shape and
 hyper-parameter is read from the record (held-out sets use other shapes, windows, retain
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tokbench.harness.models.llava_onevision import bilinear_pool, received_attention
 from tokbench.methods import holitom as ht
 
 Record = dict[str, Any]
@@ -49,15 +51,28 @@ def replay(draws: list[torch.Tensor]) -> ht.NoiseSource:
 
 
 def check_siglipattn(record: Record) -> None:
-    score = ht.siglip_attention_score(record["inputs"]["attentions_last"])
+    """The adapter's blocked score on queries and keys that reproduce the stored probabilities:
+    keys one-hot, queries the log-probabilities, scale 1, so softmax(q k^T) is the attention."""
+    probs = record["inputs"]["attentions_last"]  # [T, heads, N, N], rows sum to 1
+    keys = torch.eye(probs.shape[-1]).expand(*probs.shape[:2], -1, -1)
+    score = received_attention(probs.clamp_min(1e-30).log(), keys, 1.0, block_elements=probs.shape[-1] * 7)
     assert_close(score, record["outputs"]["attn_weights"], "attn_weights", atol=1e-6)
+
+
+def pool_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """The adapter's 2x2 bilinear pooling on row-major square-grid tokens [T, N, C] or a map [T, N]."""
+    grid = tokens.unsqueeze(-1) if tokens.ndim == 2 else tokens
+    frames, count, channels = grid.shape
+    side = math.isqrt(count)
+    pooled = bilinear_pool(grid.reshape(frames, side, side, channels)).reshape(frames, -1, channels)
+    return pooled.squeeze(-1) if tokens.ndim == 2 else pooled
 
 
 def check_pool(record: Record) -> None:
     inputs, outputs = record["inputs"], record["outputs"]
-    stride = int(record["hparams"].get("stride", 2))
-    assert_close(ht.pool_tokens_bilinear(inputs["image_feat"], stride), outputs["pooled_image_feat"], "pooled_image_feat")
-    assert_close(ht.pool_tokens_bilinear(inputs["attn_weights"], stride), outputs["pooled_attn"], "pooled_attn")
+    assert int(record["hparams"].get("stride", 2)) == 2, "LLaVA-OV pools 2x2"
+    assert_close(pool_tokens(inputs["image_feat"]), outputs["pooled_image_feat"], "pooled_image_feat")
+    assert_close(pool_tokens(inputs["attn_weights"]), outputs["pooled_attn"], "pooled_attn")
 
 
 def check_dp(record: Record) -> None:
@@ -208,8 +223,8 @@ def check_outer(record: Record) -> None:
 
 def check_outerfull(record: Record) -> None:
     inputs, outputs = record["inputs"], record["outputs"]
-    features = ht.pool_tokens_bilinear(inputs["image_feat"])
-    attention = ht.pool_tokens_bilinear(inputs["attn_weights"])
+    features = pool_tokens(inputs["image_feat"])
+    attention = pool_tokens(inputs["attn_weights"])
     assert_close(attention, outputs["pooled_attn"], "pooled_attn")
     check_outer_result(record, features, attention)
 
