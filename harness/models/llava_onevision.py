@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from tokbench.harness.blocks import BLOCK_ELEMENTS, query_block
 from tokbench.harness.models.geometry import GEOMETRIES, LLAVA_ONEVISION, LLAVA_VID, FramePlan, detect_geometry, llava_vid_frame_plan, time_instruction
-from tokbench.harness.models.protocol import DecoderStack, PreparedPrompt, resolve_device, resolve_dtype
+from tokbench.harness.models.hf_adapter import HuggingFaceAdapter
+from tokbench.harness.models.protocol import PreparedPrompt
 from tokbench.harness.video import VideoClip, VideoError, read_clip
 from tokbench.methods.seam import MethodError, ReducedTokens, VideoTokens
 
@@ -55,29 +56,16 @@ QWEN2_CHAT_TEMPLATE = (
 """Qwen2's ChatML text template: the chat template of every LLaVA-OV / LLaVA-Video tokenizer."""
 
 
-class LlavaOnevisionAdapter:
+class LlavaOnevisionAdapter(HuggingFaceAdapter):
     """A loaded LLaVA-OneVision-family checkpoint seen through the method/model seam."""
 
-    family = "llava_onevision"
     geometry = GEOMETRIES[LLAVA_ONEVISION]
 
     def __init__(self, pretrained: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa"):
-        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+        from transformers import LlavaOnevisionForConditionalGeneration
 
-        self.pretrained = str(pretrained)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        try:
-            self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-                self.pretrained, dtype=self.dtype, attn_implementation=attn_implementation
-            ).to(self.device).eval()
-            self.processor = AutoProcessor.from_pretrained(self.pretrained)
-        except OSError as exc:
-            raise ValueError(f"cannot load model {self.pretrained!r}: {exc}") from None
-        self.tokenizer = self.processor.tokenizer
-        self.config = self.model.config
+        super().__init__(LlavaOnevisionForConditionalGeneration, pretrained, device, dtype, attn_implementation)
         self.video_token_id = self.tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
-        self.checkpoint_dir = self.pretrained if _is_local_dir(self.pretrained) else _snapshot_dir(self.model)
 
     # -- frames and prompt ----------------------------------------------------------------
     @property
@@ -98,15 +86,6 @@ class LlavaOnevisionAdapter:
         if template is None:
             raise MethodError(f"the tokenizer of {self.pretrained} has no chat template")
         return self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
-
-    def stop_token_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id}
-        eos = self.model.generation_config.eos_token_id
-        ids.update(eos if isinstance(eos, list) else [eos])
-        return {i for i in ids if i is not None}
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     # -- vision -------------------------------------------------------------------------
     def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
@@ -171,42 +150,14 @@ class LlavaOnevisionAdapter:
         return grid[..., 0]
 
     # -- language model -------------------------------------------------------------------
-    def decoder(self) -> DecoderStack:
-        lm = self.model.model.language_model
-        return DecoderStack(
-            embed_tokens=lm.embed_tokens,
-            layers=lm.layers,
-            rotary=lm.rotary_emb,
-            norm=lm.norm,
-            lm_head=self.model.lm_head,
-            attn_implementation=self.config.text_config._attn_implementation,
-        )
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.config.text_config.num_hidden_layers)
-
-    def text_dims(self) -> dict[str, int]:
-        text = self.config.text_config
-        return {"layers": text.num_hidden_layers, "hidden": text.hidden_size, "ffn": text.intermediate_size}
-
     def prepare_prompt(self, prompt: str, reduced: ReducedTokens, video: VideoTokens, policy: str) -> PreparedPrompt:
         """Embed the prompt and splice the reduced visual tokens in place of ``<video>``."""
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        where = (ids == self.video_token_id).nonzero().flatten()
-        if len(where) != 1:
-            raise MethodError(f"the prompt must hold exactly one {VIDEO_TOKEN} token, found {len(where)}")
-        start = int(where[0])
-        embed = self.model.get_input_embeddings()
-        prefix = embed(ids[:start].to(self.device))
-        suffix = embed(ids[start + 1 :].to(self.device))
-        visual = reduced.embeddings.to(self.device, prefix.dtype)
-        embeds = torch.cat([prefix, visual, suffix], dim=0)[None]
-        positions = self._positions(start, reduced, video, len(suffix), policy)
+        ids, start, embeds = self.splice(prompt, reduced, self.video_token_id, VIDEO_TOKEN)
+        positions = self._positions(start, reduced, video, len(ids) - start - 1, policy)
         return PreparedPrompt(
             embeds=embeds,
             position_ids=positions[None].to(self.device),
-            visual_span=(start, start + int(visual.shape[0])),
+            visual_span=(start, start + reduced.count),
             prompt_tokens=int(embeds.shape[1]),
         )
 
@@ -222,12 +173,7 @@ class LlavaOnevisionAdapter:
         return torch.cat([torch.arange(start), start + video.layout_offsets(sources), after + torch.arange(suffix_len)])
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "model": self.pretrained,
-            "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""),
-            **self.geometry.describe(),
-        }
+        return {**super().describe(), **self.geometry.describe()}
 
 
 class LlavaVideoAdapter(LlavaOnevisionAdapter):
@@ -376,11 +322,3 @@ def text_chat_template(tokenizer, checkpoint_dir: str | None) -> str | None:
     if "<|im_start|>" in tokenizer.get_vocab():
         return QWEN2_CHAT_TEMPLATE
     raise MethodError("the tokenizer's chat template is a processor's multimodal template and no text template was found")
-
-
-def _is_local_dir(path: str) -> bool:
-    return Path(path).is_dir()
-
-
-def _snapshot_dir(model: torch.nn.Module) -> str | None:
-    return getattr(model.config, "_name_or_path", None)

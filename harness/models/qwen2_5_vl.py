@@ -29,18 +29,13 @@ On the merged grid it is the mean over each 2x2 merge unit.
 from __future__ import annotations
 
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tokbench.harness.models.protocol import (
-    DecoderStack,
-    PreparedPrompt,
-    resolve_device,
-    resolve_dtype,
-)
+from tokbench.harness.models.hf_adapter import HuggingFaceAdapter
+from tokbench.harness.models.protocol import PreparedPrompt
 from tokbench.harness.video import VideoClip, read_clip
 from tokbench.methods.seam import MethodError, ReducedTokens, VideoTokens
 
@@ -48,29 +43,17 @@ SYSTEM_PROMPT = "You are a helpful assistant."  # lmms-eval qwen2_5_vl's default
 VIDEO_TYPE = 2  # mm_token_type_ids value of video tokens
 
 
-class Qwen2_5_VLAdapter:
+class Qwen2_5_VLAdapter(HuggingFaceAdapter):
     """A loaded Qwen2.5-VL checkpoint seen through the method/model seam."""
 
     geometry_name = "qwen2_5_vl"  # 2x2 merger over frame pairs, no newline token
 
     def __init__(self, pretrained: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa"):
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers import Qwen2_5_VLForConditionalGeneration
 
-        self.pretrained = str(pretrained)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        try:
-            self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                self.pretrained, dtype=self.dtype, attn_implementation=attn_implementation
-            ).to(self.device).eval()
-            self.processor = AutoProcessor.from_pretrained(self.pretrained)
-        except OSError as exc:
-            raise ValueError(f"cannot load model {self.pretrained!r}: {exc}") from None
-        self.tokenizer = self.processor.tokenizer
-        self.config = self.model.config
+        super().__init__(Qwen2_5_VLForConditionalGeneration, pretrained, device, dtype, attn_implementation)
         self.video_token_id = int(self.config.video_token_id)
         self.merge = int(self.config.vision_config.spatial_merge_size)
-        self.checkpoint_dir = self.pretrained if Path(self.pretrained).is_dir() else getattr(self.config, "_name_or_path", None)
         self.second_per_grid_t = 1.0  # replaced by the processor's value for each video
 
     # -- prompt -------------------------------------------------------------------------
@@ -87,18 +70,6 @@ class Qwen2_5_VLAdapter:
         if self.processor.chat_template is None:
             raise MethodError(f"the processor of {self.pretrained} has no chat template")
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.pretrained, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "geometry": self.geometry_name}
-
-    def stop_token_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id}
-        eos = self.model.generation_config.eos_token_id
-        ids.update(eos if isinstance(eos, list) else [eos])
-        return {i for i in ids if i is not None}
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     # -- vision -------------------------------------------------------------------------
     def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
@@ -188,38 +159,14 @@ class Qwen2_5_VLAdapter:
         return scores.view(t, hm, wm, m, m).permute(0, 1, 3, 2, 4).reshape(t, hm * m, wm * m)
 
     # -- language model -------------------------------------------------------------------
-    def decoder(self) -> DecoderStack:
-        lm = self.model.model.language_model
-        return DecoderStack(
-            embed_tokens=lm.embed_tokens,
-            layers=lm.layers,
-            rotary=lm.rotary_emb,
-            norm=lm.norm,
-            lm_head=self.model.lm_head,
-            attn_implementation=self.config.text_config._attn_implementation,
-        )
-
-    def text_dims(self) -> dict[str, int]:
-        text = self.config.text_config
-        return {"layers": text.num_hidden_layers, "hidden": text.hidden_size, "ffn": text.intermediate_size}
-
     def prepare_prompt(self, prompt: str, reduced: ReducedTokens, video: VideoTokens, policy: str) -> PreparedPrompt:
         """Embed the prompt and splice the reduced visual tokens in place of ``<|video_pad|>``."""
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        where = (ids == self.video_token_id).nonzero().flatten()
-        if len(where) != 1:
-            raise MethodError(f"the prompt must hold exactly one video placeholder, found {len(where)}")
-        start = int(where[0])
-        embed = self.model.get_input_embeddings()
-        prefix = embed(ids[:start].to(self.device))
-        suffix = embed(ids[start + 1 :].to(self.device))
-        visual = reduced.embeddings.to(self.device, prefix.dtype)
-        embeds = torch.cat([prefix, visual, suffix], dim=0)[None]
+        ids, start, embeds = self.splice(prompt, reduced, self.video_token_id, "<|video_pad|>")
         positions = self.mrope_positions(ids, start, reduced, video, policy)
         return PreparedPrompt(
             embeds=embeds,
             position_ids=positions.to(self.device),
-            visual_span=(start, start + int(visual.shape[0])),
+            visual_span=(start, start + reduced.count),
             prompt_tokens=int(embeds.shape[1]),
         )
 
