@@ -1,13 +1,12 @@
 """Peak memory of every method at 32 frames on a random-weight model with LLaVA-OV-0.5B geometry.
 
-The model is built in code (no download) and cached under the gitignored ``.cache/``: SigLIP
-so400m 384/14 (hidden 1152, FFN 4304, 16 heads; 27x27 = 729 patches per frame, pooled 2x2 to
-14x14 = 196) and a Qwen2-0.5B-wide decoder (hidden 896, FFN 4864, 14 query / 2 KV heads), depth
-cut to ``--vision-layers`` (2) and ``--text-layers`` (4, so that FastV's K=2 and HoliTom's K=auto
-(3) fit). The vocabulary is the tiny byte-level tokenizer's (``harness/models/tiny.py``), not
-Qwen2's 152k rows: the embedding table adds the same constant to every method's peak, so leaving
-it out makes the ratios stricter, not looser. This is our own minimal builder; the exact real
-configurations live in ``harness/models/reference_configs.py`` (issue 23 part B) where merged.
+The model is built in code (no download) and cached under the gitignored ``.cache/``: the exact
+LLaVA-OV-0.5B configuration (``embedded/reference_configs.py``: SigLIP so400m 384/14, 27x27 =
+729 patches per frame pooled 2x2 to 14x14 = 196; Qwen2-0.5B's decoder, hidden 896, 14 query / 2
+KV heads), depth cut to ``--vision-layers`` (2) and ``--text-layers`` (4, so that FastV's K=2
+and HoliTom's K=auto (3) fit), fp32 weights, and the vocabulary cut to ``SMALL_VOCAB`` rows
+instead of Qwen2's 152k: the embedding table adds the same constant to every method's peak, so
+leaving it out makes the ratios stricter, not looser.
 
 Each method runs in its own subprocess (default parameters; ``Runner.answer`` as ``tokbench ask``
 runs it, 2 new tokens) on the same synthetic 32-frame clip. Two peaks per run, each over
@@ -19,10 +18,9 @@ runs it, 2 new tokens) on the same synthetic 32-frame clip. Two peaks per run, e
   (``/proc/self/clear_refs``) when ``reduce_visual`` starts, so this peak covers reduction, the
   in-LLM step, prefill and decoding, which is where methods differ.
 
-``--code DIR`` runs the workers on another checkout (e.g. ``git archive <commit> | tar -x -C
-DIR``) to measure what a change did; ``--set RUN:KEY=VALUE`` overrides a run's parameter.
+``--set RUN:KEY=VALUE`` overrides a run's parameter.
 
-    .venv/bin/python benchmarks/bench_method_memory.py --vision-layers 1 --out .cache/bench_method_memory.json
+    .venv/bin/python -m benchmarks.bench_method_memory --vision-layers 1 --out .cache/bench_method_memory.json
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache"
+SMALL_VOCAB = 512
 METHOD_RUNS = {
     "full": {},
     "fastv": {},
@@ -55,31 +54,12 @@ def registry_name(run: str) -> str:
 
 
 def build_checkpoint(out: Path, vision_layers: int, text_layers: int) -> Path:
-    """A seeded random LLaVA-OV with the 0.5B widths (see the module docstring)."""
+    """A seeded random LLaVA-OV-0.5B (``embedded/reference_configs.py``), depth cut, small vocabulary."""
     import torch
-    from transformers import LlavaOnevisionForConditionalGeneration
 
-    from tokbench.harness.models.tiny import (
-        TinySpec,
-        build_config,
-        build_tokenizer,
-        save_checkpoint,
-    )
+    from embedded.reference_configs import build_reference_checkpoint
 
-    spec = TinySpec(
-        image_size=384, patch_size=14, vision_hidden=1152, vision_layers=vision_layers, vision_heads=16,
-        text_hidden=896, text_layers=text_layers, text_heads=14, text_kv_heads=2, text_intermediate=4864, max_position=32768,
-    )
-    tokenizer = build_tokenizer()
-    config = build_config(spec, tokenizer)
-    config.vision_config.intermediate_size = 4304  # SigLIP so400m (TinySpec uses 2x hidden)
-    config.vision_config.layer_norm_eps = 1e-6
-    config.text_config.rope_parameters = {"rope_type": "default", "rope_theta": 1000000.0}
-    torch.manual_seed(0)
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    return save_checkpoint(out, spec, model, tokenizer)
+    return build_reference_checkpoint("llava-ov-0.5b", out, vision_layers, text_layers, vocab_size=SMALL_VOCAB, dtype=torch.float32)
 
 
 def write_clip(path: Path, frames: int) -> Path:
@@ -143,7 +123,6 @@ def main() -> None:
     parser.add_argument("--vision-layers", type=int, default=2)
     parser.add_argument("--text-layers", type=int, default=4)
     parser.add_argument("--runs", default=",".join(METHOD_RUNS))
-    parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose harness/ and methods/ the workers run")
     parser.add_argument("--set", action="append", default=[], metavar="RUN:KEY=VALUE", help="override a run's parameter")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", nargs=5, metavar=("CHECKPOINT", "VIDEO", "RUN", "FRAMES", "PARAMS"), help=argparse.SUPPRESS)
@@ -157,13 +136,13 @@ def main() -> None:
         run, pair = item.split(":", 1)
         key, value = pair.split("=", 1)
         runs[run][key] = value
-    checkpoint = CACHE / f"ov05b_geometry_v{args.vision_layers}_t{args.text_layers}"
+    checkpoint = CACHE / f"ov05b_reference_v{args.vision_layers}_t{args.text_layers}"
     if not (checkpoint / "config.json").is_file():
         build_checkpoint(checkpoint, args.vision_layers, args.text_layers)
     video = CACHE / f"bench_method_memory_{args.frames}f.mp4"
     if not video.is_file():
         write_clip(video, args.frames)
-    env = {**os.environ, "PYTHONPATH": str(args.code.resolve()), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = {}
     for run, params in runs.items():
         cmd = [sys.executable, __file__, "--worker", str(checkpoint), str(video), run, str(args.frames), json.dumps(params)]
@@ -174,7 +153,7 @@ def main() -> None:
             results[run] = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(results[run]), file=sys.stderr, flush=True)
     full = results["full"]
-    print(f"model: {checkpoint.name}; {args.frames} frames; CPU fp32; code: {args.code}")
+    print(f"model: {checkpoint.name}; {args.frames} frames; CPU fp32")
     print(f"{'run':22} {'tokens':>7} {'seconds':>8} {'peak MB':>8} {'/ full':>7} {'from reduce MB':>15} {'/ full':>7}  error")
     for run, r in results.items():
         if r.get("peak_from_reduce_mb") is None or r.get("rss_at_reduce_mb") is None:
@@ -186,7 +165,7 @@ def main() -> None:
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        summary = {"checkpoint": checkpoint.name, "frames": args.frames, "code": str(args.code), "results": results}
+        summary = {"checkpoint": checkpoint.name, "frames": args.frames, "results": results}
         args.out.write_text(json.dumps(summary, indent=1))
 
 

@@ -16,7 +16,7 @@ default ``keyint``, typical of real videos; no scene-cut keyframes on this synth
 The frames each reader returns are compared (sha1 of the bytes) against ours: same indices, same
 pixels.
 
-    .venv/bin/python benchmarks/bench_video_reader.py --frames 32 --out .cache/bench_video_reader.json
+    .venv/bin/python -m benchmarks.bench_video_reader --frames 32 --out .cache/bench_video_reader.json
 """
 
 from __future__ import annotations
