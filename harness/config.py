@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 TOP_KEYS = {
     "name": "leaderboard name: rows go to <output_dir>/<name>/",
     "output_dir": "where results go (default: results)",
-    "models": "list of {name, pretrained}",
+    "models": "list of {name, pretrained, options}",
     "tasks": "lmms-eval task names",
     "include_path": "extra lmms-eval task folders (default: the repo's tasks/)",
     "frames": "frames sampled per video (max_frames_num)",
@@ -41,7 +41,7 @@ TOP_KEYS = {
     "methods": "list of {method, params, budgets, models}",
     "judge_url": "OpenAI-compatible chat endpoint for judged tasks (activitynetqa); default $OPENAI_API_URL",
 }
-MODEL_KEYS = {"name", "pretrained"}
+MODEL_KEYS = {"name", "pretrained", "options"}
 METHOD_KEYS = {"method", "params", "budgets", "models"}
 BUDGET_KEYS = {"retain", "tokens"}
 
@@ -50,6 +50,7 @@ BUDGET_KEYS = {"retain", "tokens"}
 class ModelEntry:
     name: str
     pretrained: str
+    options: tuple[tuple[str, Any], ...] = ()  # the family's adapter options (e.g. llava_vid's add_time_instruction)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        key = json.dumps([self.model.name, self.model.pretrained, self.task, self.method, self.params, self.budget], default=str)
+        model = [self.model.name, self.model.pretrained] + ([list(self.model.options)] if self.model.options else [])
+        key = json.dumps([*model, self.task, self.method, self.params, self.budget], default=str)
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         return f"{self.model.name}__{self.task}__{self.method}__{digest}"
 
@@ -135,7 +137,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> SweepConfig:
         _check_keys(f"models[{index}]", entry, MODEL_KEYS)
         pretrained = str(entry["pretrained"])
         local = base_dir / pretrained
-        models.append(ModelEntry(str(entry.get("name", pretrained)), str(local) if local.exists() else pretrained))
+        options = entry.get("options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"models[{index}].options must be a mapping of adapter options")
+        name = str(entry.get("name", pretrained))
+        models.append(ModelEntry(name, str(local) if local.exists() else pretrained, tuple(sorted(options.items()))))
     methods = []
     for index, entry in enumerate(raw["methods"]):
         _check_keys(f"methods[{index}]", entry, METHOD_KEYS)

@@ -1,7 +1,8 @@
 """lmms-eval model class ``tokbench``: any registered reduction method on any supported checkpoint.
 
 Registered through the ``lmms_eval.models`` entry-point group (lmms-eval 0.7 reads only its
-V2 registry; ``manifest()`` is the payload), so this works from the shell::
+V2 registry; the payload is ``tokbench.harness.lmms_manifest.manifest``), so this works from
+the shell::
 
     lmms-eval eval --model tokbench \\
         --model_args pretrained=PATH,method=uniform_pool,retain=0.25,max_frames_num=16 \\
@@ -9,7 +10,9 @@ V2 registry; ``manifest()`` is the payload), so this works from the shell::
 
 Model args: ``pretrained``, ``method``, ``max_frames_num``, ``device``, ``dtype``,
 ``attn_implementation``, ``max_new_tokens`` (cap), ``accounting_path`` (write per-sample
-accounting as JSONL); every other key is a parameter of the method (validated by it).
+accounting as JSONL), the model family's own options (``harness/models/__init__.py``
+``OPTIONS``: LLaVA-Video's ``geometry``, ``add_time_instruction``, ``video_fps``,
+``force_sample``); every other key is a parameter of the method (validated by it).
 Per-sample accounting is kept in ``self.records`` for the sweep. A sample that fails is
 recorded with its reason and answered with ``ERROR_ANSWER`` (the sweep excludes it from
 accuracy and counts it in ``errors``); it is never silently answered with "". A missing video
@@ -37,23 +40,16 @@ import torch
 import torch.distributed as dist
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
 
 from tokbench.harness.distributed import join_process_group, rank_device
-from tokbench.harness.models import load_adapter
+from tokbench.harness.models import OPTION_NAMES, load_adapter
 from tokbench.harness.models.protocol import ModelAdapter
 from tokbench.harness.runner import Runner, SampleRecord
 from tokbench.methods.registry import build_reducer
 
-MODEL_ID = "tokbench"
 ERROR_ANSWER = "[tokbench-error]"
 DEFAULT_MAX_NEW_TOKENS = 1024
-
-
-def manifest() -> ModelManifest:
-    """Entry-point payload for lmms-eval's model registry."""
-    return ModelManifest(model_id=MODEL_ID, simple_class_path="tokbench.harness.lmms_plugin.TokbenchLMM")
 
 
 class TokbenchLMM(lmms):
@@ -78,10 +74,11 @@ class TokbenchLMM(lmms):
         super().__init__()
         if int(batch_size) != 1:
             raise ValueError("tokbench generates one sample at a time (batch_size=1): per-sample timing needs it")
+        model_options = {name: method_params.pop(name) for name in list(method_params) if name in OPTION_NAMES}
         self.reducer = build_reducer(method, method_params)
         self._rank, self._world_size = join_process_group()
         device = rank_device(device)
-        self.adapter = adapter or load_adapter(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        self.adapter = adapter or load_adapter(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation, **model_options)
         self.runner = Runner(self.adapter, self.reducer, int(max_frames_num))
         self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
         self.accounting_path = accounting_path

@@ -231,7 +231,8 @@ def _adapter(config: SweepConfig, cell: Cell, adapters: dict[str, Any]):
     from tokbench.harness.models import load_adapter
 
     if cell.model.name not in adapters:
-        adapters[cell.model.name] = load_adapter(cell.model.pretrained, device=rank_device(config.device), dtype=config.dtype)
+        options = dict(cell.model.options)
+        adapters[cell.model.name] = load_adapter(cell.model.pretrained, device=rank_device(config.device), dtype=config.dtype, **options)
     return adapters[cell.model.name]
 
 

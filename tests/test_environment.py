@@ -53,13 +53,23 @@ def test_the_lock_satisfies_pyproject():
 
 
 def test_the_distribution_has_one_top_level_import_name(tmp_path):
-    """``pip install .`` puts only ``tokbench`` into site-packages; the folders map under it."""
+    """``pip install .`` puts only ``tokbench`` into site-packages; the folders map under it.
+
+    The wheel is built from a copy of the sources, so the build leaves no ``tokbench.egg-info``
+    in the repository (one there would shadow the installed package's metadata)."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for folder in ("src", "harness", "methods", "tasks"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
         check=True, capture_output=True,
     )
     (wheel,) = tmp_path.glob("tokbench-*.whl")

@@ -100,6 +100,16 @@ def test_lmms_eval_resolves_the_plugin():
     assert get_model("tokbench").__name__ == "TokbenchLMM"
 
 
+def test_lmms_eval_resolves_the_plugin_when_the_plugin_is_imported_first():
+    """Importing the model class before lmms-eval's registry must not leave tokbench out of it."""
+    import subprocess
+    import sys
+
+    code = "import tokbench.harness.lmms_plugin; from lmms_eval.models import get_model; print(get_model('tokbench').__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.stdout.strip() == "TokbenchLMM", done.stderr[-500:]
+
+
 def test_reduce_share_of_saved_prefill():
     full = {"method": "full", "prefill_ms": 100.0, "reduce_ms": 0.0}
     assert reduce_share({"method": "divprune", "reduce_ms": 5.0, "prefill_ms": 60.0}, full) == 5.0 / 40.0
