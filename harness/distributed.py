@@ -32,6 +32,15 @@ def join_process_group() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave_process_group() -> None:
+    """Every rank waits for the others, then the group is destroyed: a process that exits with
+    the group alive can abort in the collective library's threads ("terminate called without an
+    active exception") and fail the whole launch."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def rank_device(device: str) -> str:
     """``auto`` -> this rank's own GPU (``cuda:LOCAL_RANK``) when there is one, else CPU."""
     if device != "auto":

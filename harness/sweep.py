@@ -187,12 +187,13 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
     other ranks (``_follow_cells``), lmms-eval splits its samples, and rank 0 writes the row.
     """
     from tokbench.harness.claims import ClaimBoard
-    from tokbench.harness.distributed import join_process_group
+    from tokbench.harness.distributed import join_process_group, leave_process_group
 
     check_tasks(config)
     rank, world_size = join_process_group()
     if rank != 0:
         _follow_cells(config)
+        leave_process_group()
         return []
     board = ClaimBoard(config.results_dir / "claims", stale_after_s)
     cells = config.cells()
@@ -222,6 +223,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, stale_after_s: float =
     bar.close()
     if world_size > 1:
         _announce(None)  # the other ranks stop following
+        leave_process_group()
     return write_complete_reports(config)
 
 
