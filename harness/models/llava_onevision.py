@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokbench.harness.blocks import BLOCK_ELEMENTS, query_block
+from tokbench.harness.blocks import BLOCK_ELEMENTS, received_attention
 from tokbench.harness.models.geometry import GEOMETRIES, LLAVA_ONEVISION, LLAVA_VID, FramePlan, detect_geometry, llava_vid_frame_plan, time_instruction
 from tokbench.harness.models.hf_adapter import HuggingFaceAdapter
 from tokbench.harness.models.protocol import PreparedPrompt
@@ -280,22 +280,6 @@ def bilinear_pool(grid: torch.Tensor) -> torch.Tensor:
     _, h0, w0, _ = grid.shape
     x = F.interpolate(grid.permute(0, 3, 1, 2), size=[math.ceil(h0 / 2), math.ceil(w0 / 2)], mode="bilinear")
     return x.permute(0, 2, 3, 1).contiguous()
-
-
-def received_attention(q: torch.Tensor, k: torch.Tensor, scale: float, block_elements: int = BLOCK_ELEMENTS) -> torch.Tensor:
-    """Attention each key receives, mean over heads then queries: q, k [T, heads, N, hd] -> [T, N].
-
-    HoliTom's SigLIP score (``siglip_encoder.py`` 618-622: ``attentions.mean(1).mean(1)``),
-    computed in blocks of queries (``tokbench.harness.blocks``) so that the [T, heads, N, N]
-    attention tensor never exists.
-    """
-    frames, heads, tokens, _ = q.shape
-    received = torch.zeros(frames, k.shape[2], dtype=torch.float32, device=q.device)
-    step = query_block(tokens, frames * heads * k.shape[2], block_elements)
-    for start in range(0, tokens, step):
-        scores = (q[:, :, start : start + step] @ k.transpose(-1, -2)).float() * scale
-        received += torch.softmax(scores, dim=-1).sum(dim=(1, 2))
-    return received / (heads * tokens)
 
 
 def is_multimodal_template(template: str) -> bool:

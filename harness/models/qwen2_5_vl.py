@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokbench.harness.blocks import received_attention
 from tokbench.harness.models.hf_adapter import HuggingFaceAdapter
 from tokbench.harness.models.protocol import PreparedPrompt
 from tokbench.harness.video import VideoClip, read_clip
@@ -149,10 +150,9 @@ class Qwen2_5_VLAdapter(HuggingFaceAdapter):
         q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
         bounds = captured["kwargs"]["cu_seqlens"].tolist()
         received = []
-        for start, end in pairwise(bounds):
+        for start, end in pairwise(bounds):  # each frame pair attends within itself
             qs, ks = q[start:end].transpose(0, 1).float(), k[start:end].transpose(0, 1).float()
-            probs = torch.softmax((qs @ ks.transpose(-1, -2)) * attn.scaling, dim=-1)
-            received.append(probs.mean(dim=0).mean(dim=0))  # heads, then queries
+            received.append(received_attention(qs[None], ks[None], attn.scaling)[0])  # heads, then queries, in blocks
         scores = torch.cat(received).view(-1, m * m)[restore]  # merge units in grid order
         if pooled_grid:
             return scores.mean(dim=-1).view(t, hm, wm)

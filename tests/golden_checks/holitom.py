@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from tokbench.harness.models.llava_onevision import bilinear_pool, received_attention
+from tokbench.harness.blocks import received_attention
+from tokbench.harness.models.llava_onevision import bilinear_pool
 from tokbench.methods import holitom as ht
 
 Record = dict[str, Any]
