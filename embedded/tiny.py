@@ -136,16 +136,21 @@ def build_processor(spec: TinySpec, tokenizer):
     )
 
 
+def seeded_model(model_class: type, config, seed: int):
+    """``model_class(config)`` initialised by transformers after ``torch.manual_seed(seed)``, in eval
+    mode, generating until the text config's end-of-sequence token."""
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    return model
+
+
 def build_model(spec: TinySpec, tokenizer):
     """A randomly initialised (seeded by ``spec.seed``) small LLaVA-OneVision for ``tokenizer``."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    config = build_config(spec, tokenizer)
-    torch.manual_seed(spec.seed)
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    return model
+    return seeded_model(LlavaOnevisionForConditionalGeneration, build_config(spec, tokenizer), spec.seed)
 
 
 def save_checkpoint(out_dir: str | Path, spec: TinySpec, model, tokenizer) -> Path:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from embedded.tiny import seeded_model
 
 # The chat template of the released Qwen2-VL / Qwen2.5-VL Instruct checkpoints
 # (chat_template.json): a video content part becomes <|vision_start|><|video_pad|><|vision_end|>.
@@ -145,12 +145,7 @@ def build_model(spec: TinyQwenSpec, tokenizer):
     """A randomly initialised (seeded by ``spec.seed``) small Qwen2.5-VL for ``tokenizer``."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    config = build_config(spec, tokenizer)
-    torch.manual_seed(spec.seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    return model
+    return seeded_model(Qwen2_5_VLForConditionalGeneration, build_config(spec, tokenizer), spec.seed)
 
 
 def build_tiny_qwen2_5_vl(out_dir: str | Path, spec: TinyQwenSpec = TinyQwenSpec()) -> Path:
