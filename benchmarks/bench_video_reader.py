@@ -3,7 +3,7 @@
 Readers compared, each in its own subprocess (peak = that process's ``ru_maxrss``; "read" = the
 peak minus the resident set just before the read, i.e. what reading the video itself added):
 
-* ``tokbench``: ``tokbench.harness.video.load_frames`` (packet index, keyframe seeks, only sampled frames
+* ``tokbench``: ``tokbench.harness.video.read_clip`` (packet index, keyframe seeks, only sampled frames
   kept);
 * ``lmms_pyav``: lmms-eval 0.7.3's ``read_video`` (``lmms_eval/models/model_utils/load_video.py``,
   its PyAV reader: decodes every frame up to the last sampled one, keeps the sampled ones);
@@ -70,9 +70,9 @@ def generate_video(path: Path, seconds: int = SECONDS) -> None:
 
 def read_with(reader: str, video: str, frames: int) -> np.ndarray:
     if reader == "tokbench":
-        from tokbench.harness.video import load_frames
+        from tokbench.harness.video import read_clip
 
-        return load_frames(video, frames)
+        return read_clip(video, frames).frames
     if reader == "lmms_pyav":
         from lmms_eval.models.model_utils.load_video import read_video
 

@@ -83,11 +83,6 @@ def read_clip(path: str | Path, num_frames: int) -> VideoClip:
         raise VideoError(f"cannot decode video {path}: {exc.__class__.__name__}: {exc}") from None
 
 
-def load_frames(path: str | Path, num_frames: int) -> np.ndarray:
-    """``num_frames`` uniformly sampled frames of a video (a file or a folder of frames), uint8 RGB [T, H, W, 3]."""
-    return read_clip(path, num_frames).frames
-
-
 def check_video(path: str | Path) -> None:
     """Fail fast, without decoding, on a path that cannot be a video: missing, or a file whose
     container does not open or has no video stream (a command checks this before loading a model)."""

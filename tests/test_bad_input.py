@@ -8,21 +8,21 @@ import torch
 from tokbench.harness.cli import main
 from tokbench.harness.config import ConfigError, parse_config
 from tokbench.harness.runner import Runner
-from tokbench.harness.video import VideoError, load_frames
+from tokbench.harness.video import VideoError, read_clip
 from tokbench.methods.base import MethodError, VideoTokens
 from tokbench.methods.registry import build_reducer
 
 
 def test_missing_video(tmp_path):
     with pytest.raises(VideoError, match="not found"):
-        load_frames(tmp_path / "nope.mp4", 4)
+        read_clip(tmp_path / "nope.mp4", 4)
 
 
 def test_corrupt_video(tmp_path):
     path = tmp_path / "bad.mp4"
     path.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
     with pytest.raises(VideoError, match="cannot decode"):
-        load_frames(path, 4)
+        read_clip(path, 4)
 
 
 def test_zero_frame_video(tmp_path):
@@ -36,11 +36,11 @@ def test_zero_frame_video(tmp_path):
         container.start_encoding()  # writes the header; no frame follows
     assert path.exists()
     with pytest.raises(VideoError, match="no frames"):
-        load_frames(path, 4)
+        read_clip(path, 4)
 
 
 def test_sampling_repeats_frames_of_a_short_video(video_file):
-    assert load_frames(video_file, 8).shape == (8, 40, 40, 3)
+    assert read_clip(video_file, 8).frames.shape == (8, 40, 40, 3)
 
 
 def test_failed_sample_is_an_error_not_an_empty_answer(tiny_adapter, tmp_path):

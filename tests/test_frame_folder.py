@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tokbench.harness.video import VideoError, load_frames
+from tokbench.harness.video import VideoError, read_clip
 
 
 def _folder(path, count: int):
@@ -17,7 +17,7 @@ def _folder(path, count: int):
 
 
 def test_frames_are_read_in_natural_order_and_sampled_uniformly(tmp_path):
-    frames = load_frames(_folder(tmp_path / "clip", 12), 4)
+    frames = read_clip(_folder(tmp_path / "clip", 12), 4).frames
     assert frames.shape == (4, 8, 8, 3) and frames.dtype == np.uint8
     assert [int(f[0, 0, 0]) for f in frames] == [10 * k for k in np.linspace(0, 11, 4, dtype=int)]
 
@@ -26,4 +26,4 @@ def test_a_folder_without_frames_is_a_video_error(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no frames here")
     with pytest.raises(VideoError, match="frame folder"):
-        load_frames(tmp_path / "empty", 4)
+        read_clip(tmp_path / "empty", 4)
